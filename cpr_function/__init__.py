@@ -1,0 +1,1 @@
+"""Serve AI Platform custom prediction routines, unchanged, as a Cloud Function."""

@@ -1,0 +1,51 @@
+"""The errors this service answers with, each carrying its HTTP status."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class CprError(Exception):
+    """Base of every error that becomes an HTTP response.
+
+    The message is shown to the caller as it is, so it must say what was
+    expected and what was received, and never carry a stack trace or a secret.
+    """
+
+    status_code: ClassVar[int] = 500
+
+
+class ConfigError(CprError):
+    """A `CPR_*` setting or a models file is wrong."""
+
+
+class BadRequest(CprError):
+    """The request body or its instances are not what the model accepts."""
+
+    status_code = 400
+
+
+class NotFound(CprError):
+    """No such route, model or version."""
+
+    status_code = 404
+
+
+class MethodNotAllowed(CprError):
+    """The route exists, but not for this HTTP method."""
+
+    status_code = 405
+
+
+class TooLarge(CprError):
+    """The request body is larger than `CPR_MAX_REQUEST_BYTES`."""
+
+    status_code = 413
+
+
+class LoadError(CprError):
+    """The model could not be fetched, unpacked, imported or loaded."""
+
+
+class PredictorError(CprError):
+    """The predictor raised, or its output cannot be encoded."""

@@ -1,0 +1,166 @@
+"""Keeping 2019-era prediction code importable on today's Python and libraries.
+
+AI Platform runtime 1.x shipped scikit-learn 0.20, NumPy 1.16 and Python 3.5
+to 3.7. Code written then trips on names that were removed since; where the
+old name has an exact modern equivalent, it is put back, and only then.
+Everything else is explained by `advice()` in the load error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import threading
+
+_installed = False
+_lock = threading.Lock()
+
+# Old module name prefix -> the module that now holds the same code.
+MODULE_ALIASES = {
+    "sklearn.externals.joblib": "joblib",
+    "sklearn.externals.six": "six",
+}
+
+_NUMPY_ALIASES = {
+    "float": float,
+    "int": int,
+    "bool": bool,
+    "object": object,
+    "str": str,
+    "complex": complex,
+    "unicode": str,
+}
+
+_COLLECTIONS_ABCS = (
+    "Awaitable Coroutine AsyncIterable AsyncIterator AsyncGenerator Hashable Iterable "
+    "Iterator Generator Reversible Sized Container Callable Collection Set MutableSet "
+    "Mapping MutableMapping MappingView KeysView ItemsView ValuesView Sequence "
+    "MutableSequence ByteString"
+).split()
+
+
+def install() -> None:
+    """Puts the removed names back; safe to call more than once."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        sys.meta_path.append(_AliasFinder())
+        _restore_stdlib()
+        _restore_numpy()
+        _installed = True
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers imports of removed module names, after every regular finder failed.
+
+    `sklearn.externals.joblib[.x]` becomes `joblib[.x]`; a scikit-learn module made
+    private in 0.22 (`sklearn.ensemble.forest`) becomes its private name
+    (`sklearn.ensemble._forest`), which is what old pickles ask for.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        target_name = _alias_for(fullname)
+        if target_name is None:
+            return None
+        try:
+            found = importlib.util.find_spec(target_name)
+        except (ImportError, ValueError):
+            return None
+        if found is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return importlib.import_module(_alias_for(spec.name))
+
+    def exec_module(self, module):
+        pass
+
+
+def _alias_for(fullname: str) -> str | None:
+    for old, new in MODULE_ALIASES.items():
+        if fullname == old or fullname.startswith(old + "."):
+            return new + fullname[len(old) :]
+    parent, _, leaf = fullname.rpartition(".")
+    if parent.startswith("sklearn") and leaf and not leaf.startswith("_"):
+        return f"{parent}._{leaf}"
+    return None
+
+
+def _restore_stdlib() -> None:
+    import base64
+    import collections
+    import collections.abc
+    import fractions
+    import inspect
+    import math
+    import time
+
+    for name in _COLLECTIONS_ABCS:
+        if not hasattr(collections, name) and hasattr(collections.abc, name):
+            setattr(collections, name, getattr(collections.abc, name))
+    _set_missing(time, "clock", time.perf_counter)
+    _set_missing(base64, "encodestring", base64.encodebytes)
+    _set_missing(base64, "decodestring", base64.decodebytes)
+    _set_missing(fractions, "gcd", math.gcd)
+    if not hasattr(inspect, "getargspec"):
+        inspect.getargspec = _getargspec
+
+
+def _getargspec(func):
+    import collections
+    import inspect
+
+    spec = inspect.getfullargspec(func)
+    arg_spec = collections.namedtuple("ArgSpec", "args varargs keywords defaults")
+    return arg_spec(spec.args, spec.varargs, spec.varkw, spec.defaults)
+
+
+def _restore_numpy() -> None:
+    try:
+        import numpy
+    except ImportError:
+        return
+    for name, value in _NUMPY_ALIASES.items():
+        if name not in vars(numpy):
+            setattr(numpy, name, value)
+
+
+def _set_missing(module, name, value) -> None:
+    if not hasattr(module, name):
+        setattr(module, name, value)
+
+
+def advice(exc: BaseException) -> str | None:
+    """What to change in an old package that failed with `exc`, when we know."""
+    text = str(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        if exc.name.startswith("tensorflow.contrib"):
+            return (
+                "tf.contrib was removed in TensorFlow 2; replace it with its TensorFlow 2 "
+                "equivalent (see the TensorFlow migration guide)"
+            )
+        if exc.name.startswith("sklearn."):
+            return (
+                f"scikit-learn no longer has {exc.name}; if a pickle names it, re-export the "
+                "model with the scikit-learn in requirements.txt"
+            )
+        return (
+            f"module {exc.name!r} is not installed; add the package that provides it to "
+            "CPR_PACKAGE_URIS or requirements.txt, or set CPR_INSTALL_DEPENDENCIES=true to "
+            "install the packages' declared dependencies"
+        )
+    if isinstance(exc, AttributeError) and "module 'tensorflow' has no attribute" in text:
+        return (
+            "TensorFlow 1.x names moved to tf.compat.v1 (for example tf.compat.v1.Session); "
+            "use those or port to TensorFlow 2"
+        )
+    if isinstance(exc, SyntaxError):
+        return (
+            f"{exc.filename}, line {exc.lineno} is not valid Python 3 (code for the Python 2.7 "
+            "runtime needs porting, e.g. print statements)"
+        )
+    return None

@@ -1,0 +1,144 @@
+"""One model version, loaded once on first use: fetch, unpack, import, `from_path`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+from . import frameworks, legacy, packages, predictor
+from .config import Config
+from .errors import CprError, LoadError, PredictorError
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class LazyModel:
+    """Loads a version on the first call to `get()`, once, however many threads ask.
+
+    A failed load is not remembered: the next request tries again, so a model
+    fixed in Cloud Storage, or a storage outage that ended, recovers by itself.
+    """
+
+    def __init__(self, config: Config, storage: Storage):
+        self._config = config
+        self._storage = storage
+        self._lock = threading.Lock()
+        self._predictor: Any = None
+        self.phases: dict[str, float] = {}
+        self.fetch_stats: dict[str, int] = {}
+        self.last_error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._predictor is not None
+
+    def get(self):
+        """The loaded predictor.
+
+        Raises:
+            LoadError: the model could not be loaded.
+        """
+        if self._predictor is not None:
+            return self._predictor
+        with self._lock:
+            if self._predictor is None:
+                try:
+                    self._predictor = self._load()
+                    self.last_error = None
+                except CprError as exc:
+                    self.last_error = str(exc)
+                    raise
+        return self._predictor
+
+    def predict(self, instances: list, kwargs: dict[str, Any]) -> Any:
+        """Runs the predictor on decoded instances.
+
+        Raises:
+            LoadError: the model could not be loaded.
+            PredictorError: the predictor raised.
+        """
+        model = self.get()
+        try:
+            return model.predict(instances, **kwargs)
+        except CprError:
+            raise
+        except Exception as exc:
+            log.exception("predictor raised")
+            raise PredictorError(f"prediction failed: {type(exc).__name__}: {exc}") from exc
+
+    def _load(self):
+        config = self._config
+        if config.is_example:
+            log.info("no CPR_ORIGIN is set: serving the bundled example model")
+        start = time.perf_counter()
+        with self._phase("download"):
+            origin = self._storage.list_directory(config.origin)
+            package_listings = [self._storage.list_file(u) for u in config.package_uris]
+            total = origin.size + sum(p.size for p in package_listings)
+            if total > config.max_model_bytes:
+                raise LoadError(
+                    f"the model directory and packages total {total} bytes, more than the "
+                    f"{config.max_model_bytes} that CPR_MAX_MODEL_BYTES allows"
+                )
+            fetched = [self._storage.fetch(x) for x in [origin, *package_listings]]
+            self.fetch_stats = {
+                "objects": sum(f.objects for f in fetched),
+                "downloaded": sum(f.downloaded for f in fetched),
+                "downloadedBytes": sum(f.downloaded_bytes for f in fetched),
+                "totalBytes": total,
+            }
+        model_dir = fetched[0].path
+        with self._phase("unpack"):
+            unpacked = [
+                packages.unpack(f.path, listing.uri, config.cache_dir, max_bytes=config.max_model_bytes)
+                for f, listing in zip(fetched[1:], package_listings)
+            ]
+            roots = [r for p in unpacked for r in p.roots]
+            requirements = [r for p in unpacked for r in p.requirements]
+            if config.install_dependencies and requirements:
+                roots_after = [packages.install_requirements(requirements, config.cache_dir)]
+            else:
+                roots_after = []
+            self.fetch_stats["unpacked"] = sum(p.unpacked for p in unpacked)
+        with self._phase("import"):
+            if config.legacy_compat:
+                legacy.install()
+            predictor.activate(roots)
+            if roots_after:
+                import sys
+
+                sys.path.extend(str(r) for r in roots_after)
+            if config.prediction_class:
+                cls = predictor.resolve(
+                    config.prediction_class, [m for p in unpacked for m in p.modules]
+                )
+        with self._phase("from_path"):
+            if config.prediction_class:
+                loaded = predictor.construct(cls, model_dir)
+            else:
+                loaded = frameworks.load(model_dir, config.framework)
+        self.phases["total"] = time.perf_counter() - start
+        log.info("model loaded in %.3fs: %s", self.phases["total"], self.phases)
+        return loaded
+
+    @contextlib.contextmanager
+    def _phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(time.perf_counter() - start, 6)
+            log.info("cold start phase %s took %.3fs", name, self.phases[name])
+
+    def status(self) -> dict[str, Any]:
+        """What `GET /` shows of this version."""
+        return {
+            "loaded": self.loaded,
+            "coldStartSeconds": dict(self.phases),
+            "cache": dict(self.fetch_stats),
+            "lastError": self.last_error,
+        }

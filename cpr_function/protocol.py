@@ -1,0 +1,158 @@
+"""The JSON wire format: request bodies in, predictions and errors out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+
+from .errors import BadRequest, PredictorError, TooLarge
+
+_READ_CHUNK = 1 << 16
+
+
+def read_body(stream, content_length: int | None, max_bytes: int) -> bytes:
+    """Reads a request body, refusing it as soon as it passes `max_bytes`.
+
+    Raises:
+        TooLarge: the body is larger than `max_bytes`.
+    """
+    if content_length is not None and content_length > max_bytes:
+        raise TooLarge(_too_large(content_length, max_bytes))
+    parts, size = [], 0
+    while chunk := stream.read(min(_READ_CHUNK, max_bytes + 1 - size) or 1):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(_too_large(f"more than {max_bytes}", max_bytes))
+    return b"".join(parts)
+
+
+def _too_large(size, max_bytes: int) -> str:
+    return (
+        f"request body is {size} bytes; at most {max_bytes} bytes are accepted "
+        "(CPR_MAX_REQUEST_BYTES); split the instances over several requests"
+    )
+
+
+def parse_predict(body: bytes) -> tuple[list, dict[str, Any]]:
+    """Splits a predict body into its instances and the other fields.
+
+    Returns:
+        The instances with `{"b64": ...}` leaves decoded to bytes, and every other
+        top-level field as keyword arguments for `predict`.
+
+    Raises:
+        BadRequest: the body is not a JSON object with a non-empty `instances` list.
+    """
+    if not body.strip():
+        raise BadRequest('request body is empty; expected a JSON object {"instances": [...]}')
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(
+            f'request body is not valid JSON ({exc}); expected {{"instances": [...]}}'
+        ) from None
+    if not isinstance(payload, dict):
+        raise BadRequest(
+            f'request body is a JSON {_json_type(payload)}; expected an object {{"instances": [...]}}'
+        )
+    if "instances" not in payload:
+        fields = ", ".join(sorted(payload)) or "none"
+        raise BadRequest(f'request body has no "instances" field; fields received: {fields}')
+    instances = payload.pop("instances")
+    if not isinstance(instances, list):
+        raise BadRequest(f'"instances" must be a list; received a JSON {_json_type(instances)}')
+    if not instances:
+        raise BadRequest('"instances" is an empty list; send at least one instance')
+    if b'"b64"' in body:
+        instances = _decode_b64(instances)
+    return instances, payload
+
+
+def _decode_b64(value):
+    try:
+        return _decode(value)
+    except RecursionError:
+        raise BadRequest("instances are nested too deeply to decode") from None
+
+
+def _decode(value):
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and "b64" in value:
+            return _b64_bytes(value["b64"])
+        return {k: _decode(v) for k, v in value.items()}
+    return value
+
+
+def _b64_bytes(text) -> bytes:
+    if not isinstance(text, str):
+        raise BadRequest(f'a {{"b64": ...}} value must be a base64 string; received a JSON {_json_type(text)}')
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            return base64.urlsafe_b64decode(text)
+        except (binascii.Error, ValueError):
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise BadRequest(f'{{"b64": "{shown}"}} is not valid base64') from None
+
+
+def encode(payload: Any) -> bytes:
+    """Encodes a response body; NumPy, pandas and bytes values included.
+
+    Raises:
+        PredictorError: a value has no JSON form.
+    """
+    try:
+        return orjson.dumps(payload, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError as exc:
+        raise PredictorError(
+            f"the predictor's output cannot be encoded as JSON: {exc}; return lists, "
+            "numbers, strings, bytes, dicts, NumPy arrays or pandas objects"
+        ) from None
+
+
+def _default(value):
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, set | frozenset):
+        return list(value)
+    module = type(value).__module__.split(".")[0]
+    if module == "pandas":
+        return _pandas(value)
+    if hasattr(value, "tolist"):  # NumPy arrays it cannot take whole, NumPy scalars
+        return value.tolist()
+    if module == "decimal":
+        return float(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"Type is not JSON serializable: {type(value).__module__}.{type(value).__name__}")
+
+
+def _pandas(value):
+    import pandas
+
+    if isinstance(value, pandas.DataFrame):
+        return value.to_dict(orient="records")
+    if value is pandas.NaT or value is pandas.NA:
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"Type is not JSON serializable: pandas {type(value).__name__}")
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def error_body(message: str) -> bytes:
+    """The body of every error response."""
+    return orjson.dumps({"error": message})

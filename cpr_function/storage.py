@@ -1,0 +1,296 @@
+"""Fetching model directories and packages from Cloud Storage or local paths into the cache."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from . import cache
+from .errors import LoadError
+
+
+class StorageUnavailable(LoadError):
+    """Cloud Storage could not be reached; the next request tries again."""
+
+    status_code = 503
+
+
+@dataclasses.dataclass(frozen=True)
+class Blob:
+    """One Cloud Storage object as listed: enough to fetch it and check what arrived."""
+
+    bucket: str
+    name: str
+    generation: int
+    size: int
+    crc32c: str | None
+    md5: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What a URI names: a local path, or Cloud Storage objects under a prefix."""
+
+    uri: str
+    size: int
+    local: Path | None = None
+    blobs: tuple[Blob, ...] = ()
+    prefix: str = ""
+    directory: bool = True
+
+
+@dataclasses.dataclass
+class Fetched:
+    """Where a listing landed, and what it cost to put it there."""
+
+    path: Path
+    objects: int = 0
+    downloaded: int = 0
+    downloaded_bytes: int = 0
+
+
+class Storage:
+    """Lists and fetches `gs://` URIs, local paths and `file://` URIs.
+
+    Cloud Storage objects land once under `cache_root/objects`, keyed by bucket,
+    name and generation: a restart on a warm instance downloads nothing, and a
+    rewritten object (a new generation) is fetched anew.
+    """
+
+    def __init__(self, cache_root: Path, *, client=None, parallelism: int = 8):
+        self._root = cache_root
+        self._client = client
+        self._client_lock = threading.Lock()
+        self._parallelism = parallelism
+
+    def list_directory(self, uri: str) -> Listing:
+        """Lists a model directory.
+
+        Raises:
+            LoadError: nothing is there.
+        """
+        if not uri.startswith("gs://"):
+            path = _local_path(uri)
+            if not path.is_dir():
+                raise LoadError(f"model directory {uri} is not a directory or does not exist")
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            return Listing(uri=uri, size=size, local=path)
+        bucket, prefix = _split_gs(uri)
+        prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        blobs = tuple(b for b in self._list(bucket, prefix) if not b.name.endswith("/"))
+        if not blobs:
+            raise LoadError(f"model directory {uri} holds no objects")
+        return Listing(uri=uri, size=sum(b.size for b in blobs), blobs=blobs, prefix=prefix)
+
+    def list_file(self, uri: str) -> Listing:
+        """Lists a single file, such as a package.
+
+        Raises:
+            LoadError: the file does not exist.
+        """
+        if not uri.startswith("gs://"):
+            path = _local_path(uri)
+            if not path.is_file():
+                raise LoadError(f"package {uri} does not exist")
+            return Listing(uri=uri, size=path.stat().st_size, local=path, directory=False)
+        bucket, name = _split_gs(uri)
+        blobs = tuple(b for b in self._list(bucket, name) if b.name == name)
+        if not blobs:
+            raise LoadError(f"package {uri} does not exist")
+        return Listing(uri=uri, size=blobs[0].size, blobs=blobs, directory=False)
+
+    def fetch(self, listing: Listing) -> Fetched:
+        """Brings a listing into the cache (local paths are used where they are).
+
+        Returns:
+            The local path: a directory for a directory listing, a file otherwise.
+        """
+        if listing.local is not None:
+            return Fetched(path=listing.local)
+        stats = self._fetch_blobs(listing.blobs)
+        if listing.directory:
+            stats.path = self._assemble(listing)
+        else:
+            stats.path = self._object_path(listing.blobs[0])
+        return stats
+
+    # Cloud Storage
+
+    @property
+    def client(self):
+        with self._client_lock:
+            if self._client is None:
+                from google.cloud import storage
+
+                self._client = storage.Client()
+            return self._client
+
+    def _list(self, bucket: str, prefix: str) -> list[Blob]:
+        with _translated(f"gs://{bucket}/{prefix}"):
+            return [
+                Blob(bucket, b.name, int(b.generation), int(b.size or 0), b.crc32c, b.md5_hash)
+                for b in self.client.list_blobs(bucket, prefix=prefix, retry=_retry())
+            ]
+
+    def _fetch_blobs(self, blobs: Iterable[Blob]) -> Fetched:
+        from concurrent.futures import ThreadPoolExecutor
+
+        blobs = list(blobs)
+        with ThreadPoolExecutor(max_workers=self._parallelism) as pool:
+            built = list(pool.map(self._fetch_blob, blobs))
+        return Fetched(
+            path=self._root,
+            objects=len(blobs),
+            downloaded=sum(built),
+            downloaded_bytes=sum(b.size for b, new in zip(blobs, built) if new),
+        )
+
+    def _fetch_blob(self, blob: Blob) -> bool:
+        return cache.materialize(self._object_path(blob), lambda tmp: self._download(blob, tmp))
+
+    def _object_path(self, blob: Blob) -> Path:
+        key = hashlib.sha256(f"{blob.bucket}/{blob.name}".encode()).hexdigest()[:40]
+        return self._root / "objects" / f"{key}-{blob.generation}"
+
+    def _download(self, blob: Blob, dest: Path) -> None:
+        uri = f"gs://{blob.bucket}/{blob.name}"
+        handle = self.client.bucket(blob.bucket).blob(blob.name, generation=blob.generation)
+        with _translated(uri), open(dest, "wb") as raw:
+            out = _HashingWriter(raw)
+            handle.download_to_file(
+                out,
+                raw_download=True,
+                checksum=None,
+                if_generation_match=blob.generation,
+                retry=_retry(),
+            )
+        out.check(blob, uri)
+
+    def _assemble(self, listing: Listing) -> Path:
+        members = sorted((_relative(b, listing), b) for b in listing.blobs)
+        key = hashlib.sha256(
+            repr([listing.uri] + [(rel, b.generation) for rel, b in members]).encode()
+        ).hexdigest()[:40]
+        final = self._root / "models" / key
+
+        def build(tmp: Path) -> None:
+            for rel, blob in members:
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = self._object_path(blob)
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+
+        cache.materialize(final, build)
+        return final
+
+
+class _HashingWriter:
+    """Writes through to a file while computing the CRC32C and MD5 of what passed."""
+
+    def __init__(self, raw):
+        import google_crc32c
+
+        self._raw = raw
+        self._crc = google_crc32c.Checksum()
+        self._md5 = hashlib.md5()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._crc.update(data)
+        self._md5.update(data)
+        self.size += len(data)
+        return self._raw.write(data)
+
+    def check(self, blob: Blob, uri: str) -> None:
+        if blob.crc32c:
+            expected, got = blob.crc32c, base64.b64encode(self._crc.digest()).decode()
+            kind = "CRC32C"
+        elif blob.md5:
+            expected, got = blob.md5, base64.b64encode(self._md5.digest()).decode()
+            kind = "MD5"
+        else:
+            expected = got = None
+            kind = "size"
+        if expected != got or self.size != blob.size:
+            raise StorageUnavailable(
+                f"download of {uri} is corrupt: expected {blob.size} bytes with {kind} "
+                f"{expected}, received {self.size} bytes with {kind} {got}; it was discarded"
+            )
+
+
+def _relative(blob: Blob, listing: Listing) -> str:
+    rel = blob.name[len(listing.prefix) :]
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise LoadError(
+            f"object gs://{blob.bucket}/{blob.name} cannot be placed in a model directory: "
+            "expected a relative name without empty, '.' or '..' segments"
+        )
+    return rel
+
+
+def _split_gs(uri: str) -> tuple[str, str]:
+    bucket, _, name = uri[len("gs://") :].partition("/")
+    if not bucket:
+        raise LoadError(f"expected gs://bucket/path, got {uri!r}")
+    return bucket, name
+
+
+def _local_path(uri: str) -> Path:
+    if uri.startswith("file://"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri).expanduser()
+
+
+def _retry():
+    from google.api_core.retry import DEFAULT_RETRY
+
+    # The library's default keeps retrying for two minutes; a cold start
+    # should rather answer 503 sooner and let the next request try again.
+    return DEFAULT_RETRY.with_timeout(20.0)
+
+
+class _translated:
+    """Turns Cloud Storage client errors into our errors, naming the URI."""
+
+    def __init__(self, uri: str):
+        self._uri = uri
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, LoadError):
+            return False
+        from google.api_core import exceptions as api
+
+        if isinstance(exc, api.NotFound):
+            raise LoadError(f"{self._uri} was not found in Cloud Storage") from exc
+        if isinstance(exc, api.PreconditionFailed):
+            raise StorageUnavailable(
+                f"{self._uri} changed while it was being fetched; the next request fetches "
+                "the new version"
+            ) from exc
+        if isinstance(exc, api.Forbidden | api.Unauthorized):
+            raise LoadError(f"access to {self._uri} was refused: {exc.message}") from exc
+        if isinstance(exc, api.GoogleAPIError | OSError) or _is_transport_error(exc):
+            raise StorageUnavailable(
+                f"Cloud Storage could not be reached for {self._uri}: {type(exc).__name__}"
+            ) from exc
+        return False
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import requests
+
+    return isinstance(exc, requests.RequestException)
