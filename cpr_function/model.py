@@ -107,15 +107,14 @@ class LazyModel:
         with self._phase("import"):
             if config.legacy_compat:
                 legacy.install()
-            predictor.activate(roots)
+            provided = [m for p in unpacked for m in p.modules]
+            predictor.activate(roots, provided)
             if roots_after:
                 import sys
 
                 sys.path.extend(str(r) for r in roots_after)
             if config.prediction_class:
-                cls = predictor.resolve(
-                    config.prediction_class, [m for p in unpacked for m in p.modules]
-                )
+                cls = predictor.resolve(config.prediction_class, provided)
         with self._phase("from_path"):
             if config.prediction_class:
                 loaded = predictor.construct(cls, model_dir)

@@ -24,13 +24,24 @@ class Predictor(Protocol):
         """Loads the artifacts in `model_dir` and returns a ready predictor."""
 
 
-def activate(roots: Sequence[Path]) -> None:
-    """Puts package roots first on `sys.path`, in the order the packages were given."""
+def activate(roots: Sequence[Path], provided: Sequence[str]) -> None:
+    """Puts package roots first on `sys.path`, in the order the packages were given.
+
+    A module of the same name imported earlier from elsewhere is forgotten, so
+    that importing it now finds the package's own code, as it would first on
+    the path of a fresh process.
+    """
     for root in reversed(roots):
         entry = str(root)
         if entry in sys.path:
             sys.path.remove(entry)
         sys.path.insert(0, entry)
+    for name in provided:
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) or ""
+        if module is not None and not any(origin.startswith(str(r)) for r in roots):
+            for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                del sys.modules[loaded]
     importlib.invalidate_caches()
 
 

@@ -92,14 +92,13 @@ def _decode(value):
 def _b64_bytes(text) -> bytes:
     if not isinstance(text, str):
         raise BadRequest(f'a {{"b64": ...}} value must be a base64 string; received a JSON {_json_type(text)}')
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
+    for altchars in (None, b"-_"):
         try:
-            return base64.urlsafe_b64decode(text)
+            return base64.b64decode(text, altchars=altchars, validate=True)
         except (binascii.Error, ValueError):
-            shown = text if len(text) <= 40 else text[:40] + "..."
-            raise BadRequest(f'{{"b64": "{shown}"}} is not valid base64') from None
+            pass
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise BadRequest(f'{{"b64": "{shown}"}} is not valid base64')
 
 
 def encode(payload: Any) -> bytes:

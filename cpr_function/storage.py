@@ -253,7 +253,7 @@ def _local_path(uri: str) -> Path:
 
 
 def _retry():
-    from google.api_core.retry import DEFAULT_RETRY
+    from google.cloud.storage.retry import DEFAULT_RETRY
 
     # The library's default keeps retrying for two minutes; a cold start
     # should rather answer 503 sooner and let the next request try again.

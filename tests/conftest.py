@@ -1,0 +1,215 @@
+"""Real parts for the tests: a Cloud Storage emulator, package archives, function processes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """A gcp-storage-emulator server on loopback; yields its URL."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("emulator") / "log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port), "--in-memory"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port(port, proc)
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")}
+    os.environ.update(STORAGE_EMULATOR_HOST=url, NO_GCE_CHECK="true")
+    yield url
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+@pytest.fixture
+def gcs(emulator):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project="test", credentials=AnonymousCredentials())
+
+
+@pytest.fixture
+def bucket(gcs):
+    """A fresh bucket in the emulator."""
+    return gcs.create_bucket(f"b-{uuid.uuid4().hex[:12]}")
+
+
+def upload_dir(bucket, local: Path, prefix: str) -> str:
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            bucket.blob(f"{prefix}/{path.relative_to(local).as_posix()}").upload_from_filename(path)
+    return f"gs://{bucket.name}/{prefix}"
+
+
+def upload_file(bucket, local: Path, name: str) -> str:
+    bucket.blob(name).upload_from_filename(local)
+    return f"gs://{bucket.name}/{name}"
+
+
+# Archives
+
+
+def make_tar(path: Path, files: dict[str, str | bytes], *, extra=()) -> Path:
+    """Writes a .tar.gz holding `files` plus any hand-made TarInfo members in `extra`."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return path
+
+
+def make_zip(path: Path, files: dict[str, str | bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, content in files.items():
+            zf.writestr(name, content)
+    return path
+
+
+# Models
+
+
+def train_iris(model_dir: Path) -> Path:
+    """Trains the example's model (a centered iris classifier) into `model_dir`, in a subprocess.
+
+    The preprocessor pickle names the example's `preprocess` module, so it is made
+    where that module is importable, not in the test process.
+    """
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+        "from make_example import train; train(Path(sys.argv[2]))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(EXAMPLES), str(model_dir)], check=True)
+    return model_dir
+
+
+def iris_expected(model_dir: Path, instances, *, centered: bool = True) -> list:
+    """What the example model computes on `instances`, called directly.
+
+    `centered` subtracts the training means first, as the example's predictor does.
+    """
+    import joblib
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    features, _ = load_iris(return_X_y=True)
+    model = joblib.load(model_dir / "model.joblib")
+    shift = features.mean(axis=0) if centered else 0
+    return model.predict(np.asarray(instances) - shift).tolist()
+
+
+@pytest.fixture(scope="session")
+def iris_dir(tmp_path_factory) -> Path:
+    return train_iris(tmp_path_factory.mktemp("iris") / "model")
+
+
+IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+# Function processes
+
+
+class FunctionProcess:
+    """A real `functions-framework --target predict` process on loopback."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, workers: int | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CPR_")}
+        full = {**base, "NO_GCE_CHECK": "true", **env}
+        if workers:
+            full["WORKERS"] = str(workers)
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", "predict"]
+            + ["--source", str(REPO / "main.py"), "--host", "127.0.0.1", "--port", str(self.port)],
+            env=full,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def start(self) -> FunctionProcess:
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def predict(self, body, path="/", **kwargs) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=120, **kwargs)
+
+    def status(self) -> dict:
+        return requests.get(self.url + "/", timeout=30).json()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def function(tmp_path):
+    """Starts function processes with given CPR_* settings; stops them after the test."""
+    started: list[FunctionProcess] = []
+
+    def start(env: dict[str, str], **kwargs) -> FunctionProcess:
+        proc = FunctionProcess(env, tmp_path / f"function-{len(started)}.log", **kwargs)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()

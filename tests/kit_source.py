@@ -1,0 +1,76 @@
+"""Source of the predictor package the tests ship, as a user would write it."""
+
+KIT = '''
+import os
+import time
+
+import joblib
+import numpy as np
+
+
+class Counting(object):
+    """Loads model.joblib; records each from_path call in $KIT_LOG; returns NumPy arrays."""
+
+    @classmethod
+    def from_path(cls, model_dir):
+        if os.environ.get("KIT_LOG"):
+            with open(os.environ["KIT_LOG"], "a") as f:
+                f.write("%d\\n" % os.getpid())
+        time.sleep(float(os.environ.get("KIT_SLOW", "0")))
+        self = cls()
+        self.model = joblib.load(os.path.join(model_dir, "model.joblib"))
+        return self
+
+    def predict(self, instances, **kwargs):
+        return self.model.predict(np.asarray(instances))
+
+
+class Echo(object):
+    """Answers each instance with itself and the request's other fields."""
+
+    @classmethod
+    def from_path(cls, model_dir):
+        return cls()
+
+    def predict(self, instances, **kwargs):
+        return [{"instance": i, "kwargs": kwargs} for i in instances]
+
+
+class Raising(Echo):
+    def predict(self, instances, **kwargs):
+        raise ValueError("instance 0 has the wrong shape")
+
+
+class Unencodable(Echo):
+    def predict(self, instances, **kwargs):
+        return [object() for _ in instances]
+
+
+class Pandas(Echo):
+    def predict(self, instances, **kwargs):
+        import pandas
+
+        return pandas.DataFrame({"x": [float(i[0]) for i in instances], "nan": np.nan})
+
+
+class NoPredict(object):
+    @classmethod
+    def from_path(cls, model_dir):
+        return cls()
+
+
+class BrokenLoad(Echo):
+    @classmethod
+    def from_path(cls, model_dir):
+        raise IOError("artifact weights.bin is missing")
+'''
+
+
+def kit_files(top: str = "kit-0.1") -> dict[str, str]:
+    """A 2019-style sdist: setup(scripts=['kit.py'])."""
+    return {
+        f"{top}/setup.py": "from setuptools import setup\nsetup(name='kit', version='0.1', "
+        "scripts=['kit.py'])\n",
+        f"{top}/PKG-INFO": "Metadata-Version: 1.0\nName: kit\nVersion: 0.1\n",
+        f"{top}/kit.py": KIT,
+    }

@@ -1,0 +1,164 @@
+"""End to end: a real functions-framework process loading from the Cloud Storage emulator."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+
+import pytest
+import requests
+from conftest import EXAMPLES, IRIS, REPO, iris_expected, make_tar, upload_dir, upload_file
+from kit_source import kit_files
+
+EXAMPLE_SDIST = EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz"
+
+
+@pytest.fixture
+def example_in_gcs(bucket, iris_dir):
+    """The seed sample as a user had it on AI Platform: a model directory and a staged sdist."""
+    return {
+        "CPR_ORIGIN": upload_dir(bucket, iris_dir, "models/iris"),
+        "CPR_PACKAGE_URIS": upload_file(bucket, EXAMPLE_SDIST, "staging/my_custom_code-0.1.tar.gz"),
+        "CPR_PREDICTION_CLASS": "predictor.MyPredictor",
+    }
+
+
+def test_seed_sample_from_cloud_storage_answers_as_the_model_does(
+    function, example_in_gcs, iris_dir, tmp_path
+):
+    fn = function({**example_in_gcs, "CPR_CACHE_DIR": str(tmp_path / "cache")})
+    answer = fn.predict({"instances": IRIS})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"predictions": iris_expected(iris_dir, IRIS)}
+    status = fn.status()
+    assert status["loaded"] is True
+    assert status["cache"]["downloaded"] == 3, "model.joblib, preprocessor.pkl and the sdist"
+    assert set(status["coldStartSeconds"]) >= {"download", "unpack", "import", "from_path"}
+    assert "cold start phase from_path took" in fn.log()
+
+
+def test_restart_reuses_the_cache_and_a_new_generation_is_fetched(
+    function, example_in_gcs, bucket, tmp_path
+):
+    env = {**example_in_gcs, "CPR_CACHE_DIR": str(tmp_path / "cache")}
+    first = function(env)
+    before = first.predict({"instances": IRIS}).json()["predictions"]
+    first.stop()
+
+    again = function(env)
+    assert again.predict({"instances": IRIS}).json()["predictions"] == before
+    assert again.status()["cache"] == {**again.status()["cache"], "downloaded": 0, "unpacked": 0}
+    again.stop()
+
+    constant = tmp_path / "constant"
+    subprocess.run(
+        [sys.executable, "-c", "import joblib; from sklearn.dummy import DummyClassifier;"
+         "m = DummyClassifier(strategy='constant', constant=2).fit([[0]*4]*2, [2, 1]);"
+         f"joblib.dump(m, {str(constant)!r})"],
+        check=True,
+    )
+    bucket.blob("models/iris/model.joblib").upload_from_filename(constant)
+    updated = function(env)
+    assert updated.predict({"instances": IRIS}).json()["predictions"] == [2, 2, 2]
+    assert updated.status()["cache"]["downloaded"] == 1, "only the rewritten object"
+
+
+def test_concurrent_first_requests_load_once(function, bucket, iris_dir, tmp_path):
+    log = tmp_path / "from_path.log"
+    env = {
+        "CPR_ORIGIN": upload_dir(bucket, iris_dir, "iris"),
+        "CPR_PACKAGE_URIS": upload_file(bucket, make_tar(tmp_path / "kit.tar.gz", kit_files()),
+                                        "kit-0.1.tar.gz"),
+        "CPR_PREDICTION_CLASS": "kit.Counting",
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        "KIT_LOG": str(log),
+        "KIT_SLOW": "0.5",
+    }
+    fn = function(env)
+    expected = iris_expected(iris_dir, IRIS, centered=False)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: fn.predict({"instances": IRIS}), range(16)))
+    assert [a.status_code for a in answers] == [200] * 16
+    assert all(a.json()["predictions"] == expected for a in answers)
+    assert log.read_text().splitlines() == [log.read_text().split()[0]], "one from_path"
+    cache = fn.status()["cache"]
+    assert cache["downloaded"] == cache["objects"] == 3
+
+
+def test_missing_model_directory_and_package_are_clear_and_serving_goes_on(
+    function, bucket, tmp_path
+):
+    fn = function({
+        "CPR_ORIGIN": f"gs://{bucket.name}/nothing-here",
+        "CPR_PREDICTION_CLASS": "kit.Echo",
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+    })
+    answer = fn.predict({"instances": [1]})
+    assert answer.status_code == 500
+    assert answer.json() == {
+        "error": f"model directory gs://{bucket.name}/nothing-here holds no objects"
+    }
+    assert fn.status()["loaded"] is False
+
+    bucket.blob("m/model.joblib").upload_from_string(b"x")
+    fn2 = function({
+        "CPR_ORIGIN": f"gs://{bucket.name}/m",
+        "CPR_PACKAGE_URIS": f"gs://{bucket.name}/staging/gone-0.1.tar.gz",
+        "CPR_PREDICTION_CLASS": "kit.Echo",
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+    })
+    answer = fn2.predict({"instances": [1]})
+    assert answer.status_code == 500
+    assert answer.json()["error"] == f"package gs://{bucket.name}/staging/gone-0.1.tar.gz does not exist"
+
+
+def test_model_over_the_size_quota_is_refused_before_downloading(
+    function, example_in_gcs, tmp_path
+):
+    fn = function({
+        **example_in_gcs,
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        "CPR_MAX_MODEL_BYTES": "1KB",
+    })
+    answer = fn.predict({"instances": IRIS})
+    assert answer.status_code == 500
+    assert "more than the 1000 that CPR_MAX_MODEL_BYTES allows" in answer.json()["error"]
+    assert not (tmp_path / "cache" / "objects").exists(), "nothing may be downloaded"
+
+
+def test_chunked_body_over_the_limit_is_413(function, tmp_path):
+    fn = function({"CPR_MAX_REQUEST_BYTES": "1KB", "CPR_CACHE_DIR": str(tmp_path / "c")})
+
+    def body():
+        yield b'{"instances": ["'
+        for _ in range(50):
+            yield b"x" * 100
+        yield b'"]}'
+
+    answer = requests.post(fn.url, data=body(), timeout=30,
+                           headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert "at most 1000 bytes" in answer.json()["error"]
+    assert fn.predict({"instances": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"CPR_MAX_MODEL_BYTES": "lots"}, "CPR_MAX_MODEL_BYTES must be a size in bytes"),
+        ({"CPR_FRAMEWORK": "caffe"}, "CPR_FRAMEWORK must be one of scikit-learn, xgboost"),
+        ({"CPR_ORIGN": "gs://b/m"}, "unknown setting CPR_ORIGN"),
+    ],
+)
+def test_bad_configuration_stops_the_start_with_the_variable_named(env, message):
+    done = subprocess.run(
+        [sys.executable, "-c", "import main"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert message in done.stderr
