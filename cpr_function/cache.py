@@ -33,7 +33,9 @@ def materialize(final: Path, build: Callable[[Path], None]) -> bool:
         final.parent.mkdir(parents=True, exist_ok=True)
         from filelock import FileLock
 
-        with FileLock(str(final.parent / f".{final.name}.lock")):
+        locks = final.parent / ".locks"
+        locks.mkdir(exist_ok=True)
+        with FileLock(str(locks / final.name)):
             if final.exists():
                 return False
             _remove_leftovers(final)

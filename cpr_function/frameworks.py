@@ -107,4 +107,6 @@ def load(model_dir: Path, framework: str | None):
         with open(path, "rb") as f:
             return _Estimator(pickle.load(f))
     except Exception as exc:
-        raise LoadError(f"loading {path.name} as a {framework} model failed: {type(exc).__name__}: {exc}") from exc
+        raise LoadError(
+            f"loading {path.name} as a {framework} model failed: {type(exc).__name__}: {exc}"
+        ) from exc

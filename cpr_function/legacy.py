@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 import threading
 
@@ -33,12 +34,33 @@ _NUMPY_ALIASES = {
     "unicode": str,
 }
 
-_COLLECTIONS_ABCS = (
-    "Awaitable Coroutine AsyncIterable AsyncIterator AsyncGenerator Hashable Iterable "
-    "Iterator Generator Reversible Sized Container Callable Collection Set MutableSet "
-    "Mapping MutableMapping MappingView KeysView ItemsView ValuesView Sequence "
-    "MutableSequence ByteString"
-).split()
+_COLLECTIONS_ABCS = [
+    "Awaitable",
+    "Coroutine",
+    "AsyncIterable",
+    "AsyncIterator",
+    "AsyncGenerator",
+    "Hashable",
+    "Iterable",
+    "Iterator",
+    "Generator",
+    "Reversible",
+    "Sized",
+    "Container",
+    "Callable",
+    "Collection",
+    "Set",
+    "MutableSet",
+    "Mapping",
+    "MutableMapping",
+    "MappingView",
+    "KeysView",
+    "ItemsView",
+    "ValuesView",
+    "Sequence",
+    "MutableSequence",
+    "ByteString",
+]
 
 
 def install() -> None:
@@ -160,7 +182,7 @@ def advice(exc: BaseException) -> str | None:
         )
     if isinstance(exc, SyntaxError):
         return (
-            f"{exc.filename}, line {exc.lineno} is not valid Python 3 (code for the Python 2.7 "
-            "runtime needs porting, e.g. print statements)"
+            f"{os.path.basename(exc.filename or '?')}, line {exc.lineno} is not valid Python 3 "
+            "(code for the Python 2.7 runtime needs porting, e.g. print statements)"
         )
     return None

@@ -94,8 +94,10 @@ class LazyModel:
         model_dir = fetched[0].path
         with self._phase("unpack"):
             unpacked = [
-                packages.unpack(f.path, listing.uri, config.cache_dir, max_bytes=config.max_model_bytes)
-                for f, listing in zip(fetched[1:], package_listings)
+                packages.unpack(
+                    f.path, listing.uri, config.cache_dir, max_bytes=config.max_model_bytes
+                )
+                for f, listing in zip(fetched[1:], package_listings, strict=True)
             ]
             roots = [r for p in unpacked for r in p.roots]
             requirements = [r for p in unpacked for r in p.requirements]

@@ -1,4 +1,4 @@
-"""Unpacking user packages (sdists and wheels) safely into the cache and finding their import roots."""
+"""Unpacking user packages (sdists, wheels) safely into the cache; finding their import roots."""
 
 from __future__ import annotations
 
@@ -93,6 +93,11 @@ def _extract_tar(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
             _check_counts(uri, len(members), sum(m.size for m in members), max_bytes)
             dest.mkdir(parents=True)
             for member in members:
+                if member.name.startswith("/"):
+                    # The data filter would quietly strip the slash; refuse instead.
+                    raise LoadError(
+                        f"package {uri} was refused: member {member.name!r} has an absolute path"
+                    )
                 try:
                     tarfile.data_filter(member, str(dest))
                 except tarfile.FilterError as exc:
@@ -150,7 +155,7 @@ def _check_zip_member(info, uri: str) -> None:
         problem = "would land outside the package folder"
     elif stat.S_ISLNK(mode):
         problem = "is a symbolic link"
-    elif mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    elif stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
         problem = "is a device, FIFO or other special file"
     else:
         return

@@ -57,7 +57,8 @@ def parse_predict(body: bytes) -> tuple[list, dict[str, Any]]:
         ) from None
     if not isinstance(payload, dict):
         raise BadRequest(
-            f'request body is a JSON {_json_type(payload)}; expected an object {{"instances": [...]}}'
+            f"request body is a JSON {_json_type(payload)}; "
+            'expected an object {"instances": [...]}'
         )
     if "instances" not in payload:
         fields = ", ".join(sorted(payload)) or "none"
@@ -91,7 +92,9 @@ def _decode(value):
 
 def _b64_bytes(text) -> bytes:
     if not isinstance(text, str):
-        raise BadRequest(f'a {{"b64": ...}} value must be a base64 string; received a JSON {_json_type(text)}')
+        raise BadRequest(
+            f'a {{"b64": ...}} value must be a base64 string; received a JSON {_json_type(text)}'
+        )
     for altchars in (None, b"-_"):
         try:
             return base64.b64decode(text, altchars=altchars, validate=True)
@@ -130,7 +133,9 @@ def _default(value):
         return float(value)
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    raise TypeError(f"Type is not JSON serializable: {type(value).__module__}.{type(value).__name__}")
+    raise TypeError(
+        f"Type is not JSON serializable: {type(value).__module__}.{type(value).__name__}"
+    )
 
 
 def _pandas(value):

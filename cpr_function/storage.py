@@ -149,7 +149,7 @@ class Storage:
             path=self._root,
             objects=len(blobs),
             downloaded=sum(built),
-            downloaded_bytes=sum(b.size for b, new in zip(blobs, built) if new),
+            downloaded_bytes=sum(b.size for b, new in zip(blobs, built, strict=True) if new),
         )
 
     def _fetch_blob(self, blob: Blob) -> bool:

@@ -106,7 +106,7 @@ def make_tar(path: Path, files: dict[str, str | bytes], *, extra=()) -> Path:
 
 
 def make_zip(path: Path, files: dict[str, str | bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, content in files.items():
             zf.writestr(name, content)
     return path

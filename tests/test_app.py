@@ -67,7 +67,10 @@ def test_other_fields_become_keyword_arguments_and_b64_round_trips(kit):
     answer = client.post("/", json={**payload, "signature": "serving", "top_k": 2})
     assert answer.status_code == 200
     assert answer.get_json()["predictions"] == [
-        {"instance": {"image": {"b64": "AP9wbmc="}}, "kwargs": {"signature": "serving", "top_k": 2}},
+        {
+            "instance": {"image": {"b64": "AP9wbmc="}},
+            "kwargs": {"signature": "serving", "top_k": 2},
+        },
         {"instance": 3, "kwargs": {"signature": "serving", "top_k": 2}},
     ]
 
@@ -131,8 +134,10 @@ def test_predictor_failures_are_500_and_serving_goes_on(kit, cls, message):
     "cls,message",
     [
         ("Missing", "module 'kit' has no attribute 'Missing'; classes it defines: "),
-        ("NoPredict", "must define from_path(model_dir) and predict(instances, **kwargs); "
-         "it lacks predict"),
+        (
+            "NoPredict",
+            "must define from_path(model_dir) and predict(instances, **kwargs); it lacks predict",
+        ),
         ("BrokenLoad", "kit.BrokenLoad.from_path failed: OSError: artifact weights.bin is missing"),
     ],
 )

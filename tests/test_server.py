@@ -53,9 +53,13 @@ def test_restart_reuses_the_cache_and_a_new_generation_is_fetched(
 
     constant = tmp_path / "constant"
     subprocess.run(
-        [sys.executable, "-c", "import joblib; from sklearn.dummy import DummyClassifier;"
-         "m = DummyClassifier(strategy='constant', constant=2).fit([[0]*4]*2, [2, 1]);"
-         f"joblib.dump(m, {str(constant)!r})"],
+        [
+            sys.executable,
+            "-c",
+            "import joblib; from sklearn.dummy import DummyClassifier;"
+            "m = DummyClassifier(strategy='constant', constant=2).fit([[0]*4]*2, [2, 1]);"
+            f"joblib.dump(m, {str(constant)!r})",
+        ],
         check=True,
     )
     bucket.blob("models/iris/model.joblib").upload_from_filename(constant)
@@ -68,8 +72,9 @@ def test_concurrent_first_requests_load_once(function, bucket, iris_dir, tmp_pat
     log = tmp_path / "from_path.log"
     env = {
         "CPR_ORIGIN": upload_dir(bucket, iris_dir, "iris"),
-        "CPR_PACKAGE_URIS": upload_file(bucket, make_tar(tmp_path / "kit.tar.gz", kit_files()),
-                                        "kit-0.1.tar.gz"),
+        "CPR_PACKAGE_URIS": upload_file(
+            bucket, make_tar(tmp_path / "kit.tar.gz", kit_files()), "kit-0.1.tar.gz"
+        ),
         "CPR_PREDICTION_CLASS": "kit.Counting",
         "CPR_CACHE_DIR": str(tmp_path / "cache"),
         "KIT_LOG": str(log),
@@ -89,11 +94,13 @@ def test_concurrent_first_requests_load_once(function, bucket, iris_dir, tmp_pat
 def test_missing_model_directory_and_package_are_clear_and_serving_goes_on(
     function, bucket, tmp_path
 ):
-    fn = function({
-        "CPR_ORIGIN": f"gs://{bucket.name}/nothing-here",
-        "CPR_PREDICTION_CLASS": "kit.Echo",
-        "CPR_CACHE_DIR": str(tmp_path / "cache"),
-    })
+    fn = function(
+        {
+            "CPR_ORIGIN": f"gs://{bucket.name}/nothing-here",
+            "CPR_PREDICTION_CLASS": "kit.Echo",
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        }
+    )
     answer = fn.predict({"instances": [1]})
     assert answer.status_code == 500
     assert answer.json() == {
@@ -102,25 +109,32 @@ def test_missing_model_directory_and_package_are_clear_and_serving_goes_on(
     assert fn.status()["loaded"] is False
 
     bucket.blob("m/model.joblib").upload_from_string(b"x")
-    fn2 = function({
-        "CPR_ORIGIN": f"gs://{bucket.name}/m",
-        "CPR_PACKAGE_URIS": f"gs://{bucket.name}/staging/gone-0.1.tar.gz",
-        "CPR_PREDICTION_CLASS": "kit.Echo",
-        "CPR_CACHE_DIR": str(tmp_path / "cache"),
-    })
+    fn2 = function(
+        {
+            "CPR_ORIGIN": f"gs://{bucket.name}/m",
+            "CPR_PACKAGE_URIS": f"gs://{bucket.name}/staging/gone-0.1.tar.gz",
+            "CPR_PREDICTION_CLASS": "kit.Echo",
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        }
+    )
     answer = fn2.predict({"instances": [1]})
     assert answer.status_code == 500
-    assert answer.json()["error"] == f"package gs://{bucket.name}/staging/gone-0.1.tar.gz does not exist"
+    assert (
+        answer.json()["error"]
+        == f"package gs://{bucket.name}/staging/gone-0.1.tar.gz does not exist"
+    )
 
 
 def test_model_over_the_size_quota_is_refused_before_downloading(
     function, example_in_gcs, tmp_path
 ):
-    fn = function({
-        **example_in_gcs,
-        "CPR_CACHE_DIR": str(tmp_path / "cache"),
-        "CPR_MAX_MODEL_BYTES": "1KB",
-    })
+    fn = function(
+        {
+            **example_in_gcs,
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+            "CPR_MAX_MODEL_BYTES": "1KB",
+        }
+    )
     answer = fn.predict({"instances": IRIS})
     assert answer.status_code == 500
     assert "more than the 1000 that CPR_MAX_MODEL_BYTES allows" in answer.json()["error"]
@@ -136,8 +150,9 @@ def test_chunked_body_over_the_limit_is_413(function, tmp_path):
             yield b"x" * 100
         yield b'"]}'
 
-    answer = requests.post(fn.url, data=body(), timeout=30,
-                           headers={"Content-Type": "application/json"})
+    answer = requests.post(
+        fn.url, data=body(), timeout=30, headers={"Content-Type": "application/json"}
+    )
     assert answer.status_code == 413
     assert "at most 1000 bytes" in answer.json()["error"]
     assert fn.predict({"instances": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200

@@ -1,0 +1,73 @@
+"""Settings: parsed once, and a wrong one named with what it accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from cpr_function.config import Config
+from cpr_function.errors import ConfigError
+
+
+def test_nothing_set_serves_the_example():
+    config = Config.from_env({"PATH": "/bin"})
+    assert config.is_example
+    assert config.prediction_class == "predictor.MyPredictor"
+    assert (config.model_name, config.version_name) == ("default", "v1")
+
+
+def test_a_full_configuration():
+    config = Config.from_env(
+        {
+            "CPR_ORIGIN": "gs://b/model",
+            "CPR_PACKAGE_URIS": "gs://b/a-0.1.tar.gz, gs://b/b-0.2-py3-none-any.whl",
+            "CPR_PREDICTION_CLASS": "predictor.MyPredictor",
+            "CPR_MAX_MODEL_BYTES": "1.5GiB",
+            "CPR_MAX_REQUEST_BYTES": "10MB",
+            "CPR_INSTALL_DEPENDENCIES": "yes",
+            "CPR_MODEL_NAME": "iris",
+            "CPR_VERSION_NAME": "v2",
+        }
+    )
+    assert config.package_uris == ("gs://b/a-0.1.tar.gz", "gs://b/b-0.2-py3-none-any.whl")
+    assert config.max_model_bytes == int(1.5 * 1024**3)
+    assert config.max_request_bytes == 10_000_000
+    assert config.install_dependencies and not config.is_example
+    assert config.describe()["model"] == "iris"
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"CPR_PACKAGE_URIS": "gs://b/p.tar.gz"}, "CPR_ORIGIN must name the model directory"),
+        (
+            {"CPR_ORIGIN": "gs://b/m", "CPR_PACKAGE_URIS": "gs://b/p.egg"},
+            "CPR_PACKAGE_URIS must list .tar.gz, .zip or .whl packages separated by commas; "
+            "got 'gs://b/p.egg'",
+        ),
+        (
+            {"CPR_ORIGIN": "gs://b/m", "CPR_PREDICTION_CLASS": "MyPredictor"},
+            "CPR_PREDICTION_CLASS must be module.Class, like predictor.MyPredictor; "
+            "got 'MyPredictor'",
+        ),
+        (
+            {"CPR_ORIGIN": "gs://b/m", "CPR_PREDICTION_CLASS": "a.B", "CPR_FRAMEWORK": "xgboost"},
+            "not both",
+        ),
+        (
+            {"CPR_FRAMEWORK": "torch"},
+            "CPR_FRAMEWORK must be one of scikit-learn, xgboost, tensorflow, mlflow; got 'torch'",
+        ),
+        ({"CPR_MAX_REQUEST_BYTES": "-5"}, "CPR_MAX_REQUEST_BYTES must be a size in bytes"),
+        ({"CPR_MAX_REQUEST_BYTES": "0"}, "CPR_MAX_REQUEST_BYTES must be a positive size"),
+        (
+            {"CPR_INSTALL_DEPENDENCIES": "maybe"},
+            "CPR_INSTALL_DEPENDENCIES must be true or false; got 'maybe'",
+        ),
+        ({"CPR_MODEL_NAME": "my model"}, "CPR_MODEL_NAME must be letters, digits"),
+        ({"CPR_ORIGN": "x"}, "unknown setting CPR_ORIGN; known settings are CPR_ORIGIN,"),
+    ],
+)
+def test_wrong_settings_name_the_variable_and_what_it_accepts(env, message):
+    with pytest.raises(ConfigError) as error:
+        Config.from_env(env)
+    assert message in str(error.value)

@@ -1,0 +1,127 @@
+"""2019-era prediction code runs unchanged, or fails saying exactly what to change."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+from conftest import IRIS, iris_expected, make_tar
+
+LEGACY_PREDICTOR = """
+import base64
+import collections
+import inspect
+import os
+import pickle
+import time
+from collections import Mapping
+
+import numpy as np
+from sklearn.externals import joblib
+
+
+class LegacyPredictor(object):
+    def __init__(self, model, forest):
+        self._model = model
+        self._forest = forest
+
+    @classmethod
+    def from_path(cls, model_dir):
+        started = time.clock()
+        inspect.getargspec(cls.__init__)
+        base64.encodestring(b"runtime 1.14")
+        model = joblib.load(os.path.join(model_dir, 'model.joblib'))
+        with open(os.path.join(model_dir, 'old_forest.pkl'), 'rb') as f:
+            forest = pickle.load(f)
+        assert time.clock() >= started
+        return cls(model, forest)
+
+    def predict(self, instances, **kwargs):
+        assert isinstance(kwargs, Mapping)
+        inputs = np.asarray(instances, dtype=np.float)
+        labels = self._model.predict(inputs).astype(np.int)
+        return [{"label": int(l), "forest": int(f)}
+                for l, f in zip(labels, self._forest.predict(inputs))]
+"""
+
+
+@pytest.fixture(scope="module")
+def legacy_model_dir(tmp_path_factory, iris_dir):
+    """The iris model plus a pickle naming `sklearn.ensemble.forest`, as scikit-learn 0.20 wrote."""
+    folder = tmp_path_factory.mktemp("legacy")
+    code = (
+        "import pickle, sys; from sklearn.datasets import load_iris;"
+        "from sklearn.ensemble import RandomForestClassifier;"
+        "x, y = load_iris(return_X_y=True);"
+        "m = RandomForestClassifier(n_estimators=3, random_state=0).fit(x, y);"
+        "sys.stdout.buffer.write(pickle.dumps(m, protocol=2))"
+    )
+    modern = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    old = modern.replace(b"sklearn.ensemble._forest\n", b"sklearn.ensemble.forest\n")
+    assert old != modern, "the pickle must name the pre-0.22 module"
+    (folder / "old_forest.pkl").write_bytes(old)
+    (folder / "model.joblib").write_bytes((iris_dir / "model.joblib").read_bytes())
+    return folder
+
+
+def _serve(function, tmp_path, model_dir, source: str, **env):
+    archive = make_tar(
+        tmp_path / "legacy-0.1.tar.gz",
+        {
+            "legacy-0.1/setup.py": "from setuptools import setup\n"
+            "setup(name='legacy', version='0.1', scripts=['predictor.py'])\n",
+            "legacy-0.1/predictor.py": source,
+        },
+    )
+    return function(
+        {
+            "CPR_ORIGIN": str(model_dir),
+            "CPR_PACKAGE_URIS": str(archive),
+            "CPR_PREDICTION_CLASS": "predictor.LegacyPredictor",
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+            **env,
+        }
+    )
+
+
+def test_runtime_1_x_code_runs_unchanged(function, tmp_path, legacy_model_dir, iris_dir):
+    fn = _serve(function, tmp_path, legacy_model_dir, LEGACY_PREDICTOR)
+    answer = fn.predict({"instances": IRIS})
+    assert answer.status_code == 200, answer.text
+    with open(legacy_model_dir / "old_forest.pkl", "rb") as f:
+        forest = pickle.loads(
+            f.read().replace(b"sklearn.ensemble.forest\n", b"sklearn.ensemble._forest\n")
+        )
+    labels = iris_expected(iris_dir, IRIS, centered=False)
+    assert answer.json()["predictions"] == [
+        {"label": label, "forest": int(f)}
+        for label, f in zip(labels, forest.predict(IRIS), strict=True)
+    ]
+
+
+def test_without_the_compatibility_layer_the_same_code_fails(function, tmp_path, legacy_model_dir):
+    fn = _serve(function, tmp_path, legacy_model_dir, LEGACY_PREDICTOR, CPR_LEGACY_COMPAT="false")
+    answer = fn.predict({"instances": IRIS})
+    assert answer.status_code == 500
+    assert "cannot import name 'Mapping' from 'collections'" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        (
+            "import xgboost_0_82_custom\n",
+            "module 'xgboost_0_82_custom' is not installed; add the package that provides it to "
+            "CPR_PACKAGE_URIS or requirements.txt, or set CPR_INSTALL_DEPENDENCIES=true",
+        ),
+        ("print 'loading'\n", "line 1 is not valid Python 3"),
+    ],
+)
+def test_what_cannot_run_says_what_to_change(function, tmp_path, legacy_model_dir, source, message):
+    fn = _serve(function, tmp_path, legacy_model_dir, source)
+    answer = fn.predict({"instances": IRIS})
+    assert answer.status_code == 500
+    assert answer.json()["error"].startswith("importing prediction class predictor.LegacyPredictor")
+    assert message in answer.json()["error"]

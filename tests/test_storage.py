@@ -1,0 +1,87 @@
+"""Fetching from the Cloud Storage emulator and local paths into the cache."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+from conftest import upload_dir
+
+from cpr_function.errors import LoadError
+from cpr_function.storage import Storage
+
+
+@pytest.fixture
+def store(tmp_path, gcs):
+    return Storage(tmp_path / "cache", client=gcs)
+
+
+def test_prefix_is_matched_on_a_folder_boundary(store, bucket):
+    bucket.blob("model/a.txt").upload_from_string(b"a")
+    bucket.blob("model/sub/b.txt").upload_from_string(b"b")
+    bucket.blob("model2/c.txt").upload_from_string(b"c")
+    for uri in (f"gs://{bucket.name}/model", f"gs://{bucket.name}/model/"):
+        fetched = store.fetch(store.list_directory(uri))
+        files = sorted(p.relative_to(fetched.path).as_posix() for p in fetched.path.rglob("*"))
+        assert files == ["a.txt", "sub", "sub/b.txt"]
+        assert (fetched.path / "sub" / "b.txt").read_bytes() == b"b"
+
+
+def test_single_object_local_path_and_file_uri(store, bucket, tmp_path):
+    bucket.blob("pkgs/p-0.1.tar.gz").upload_from_string(b"archive")
+    fetched = store.fetch(store.list_file(f"gs://{bucket.name}/pkgs/p-0.1.tar.gz"))
+    assert fetched.path.read_bytes() == b"archive"
+    local = tmp_path / "local model"
+    local.mkdir()
+    (local / "model.pkl").write_bytes(b"m")
+    assert store.fetch(store.list_directory(str(local))).path == local
+    assert store.fetch(store.list_directory(local.as_uri())).path == local
+    with pytest.raises(LoadError, match="is not a directory or does not exist"):
+        store.list_directory(str(tmp_path / "absent"))
+
+
+def test_generations_key_the_cache(store, bucket, tmp_path, gcs):
+    uri = upload_dir(bucket, _tree(tmp_path / "src", {"a": b"1", "b": b"2"}), "m")
+    first = store.fetch(store.list_directory(uri))
+    assert (first.downloaded, first.objects) == (2, 2)
+
+    restarted = Storage(tmp_path / "cache", client=gcs)
+    again = restarted.fetch(restarted.list_directory(uri))
+    assert (again.downloaded, again.path) == (0, first.path)
+
+    bucket.blob("m/b").upload_from_string(b"22")
+    updated = restarted.fetch(restarted.list_directory(uri))
+    assert updated.downloaded == 1
+    assert updated.path != first.path
+    assert (updated.path / "b").read_bytes() == b"22"
+    assert (first.path / "b").read_bytes() == b"2", "a model in use is never rewritten"
+
+
+def test_concurrent_fetches_download_each_object_once(store, bucket, tmp_path):
+    uri = upload_dir(bucket, _tree(tmp_path / "src", {f"f{i}": b"x" * i for i in range(8)}), "m")
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: store.fetch(store.list_directory(uri)), range(16)))
+    assert sum(r.downloaded for r in results) == 8
+    assert len({r.path for r in results}) == 1
+    assert not list((tmp_path / "cache").rglob(".*partial*")), "no partial entries remain"
+
+
+def test_object_names_escaping_the_model_directory_are_refused(store, bucket):
+    bucket.blob("m/ok").upload_from_string(b"1")
+    bucket.blob("m//etc/passwd").upload_from_string(b"1")
+    with pytest.raises(LoadError, match=r"cannot be placed in a model directory"):
+        store.fetch(store.list_directory(f"gs://{bucket.name}/m"))
+
+
+def test_empty_directory_and_missing_bucket(store, bucket):
+    with pytest.raises(LoadError, match="holds no objects"):
+        store.list_directory(f"gs://{bucket.name}/none")
+    with pytest.raises(LoadError, match="does not exist"):
+        store.list_file(f"gs://{bucket.name}/none.tar.gz")
+
+
+def _tree(root, files):
+    root.mkdir(parents=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return root
