@@ -122,7 +122,7 @@ class LazyModel:
                 loaded = predictor.construct(cls, model_dir)
             else:
                 loaded = frameworks.load(model_dir, config.framework)
-        self.phases["total"] = time.perf_counter() - start
+        self.phases["total"] = round(time.perf_counter() - start, 6)
         log.info("model loaded in %.3fs: %s", self.phases["total"], self.phases)
         return loaded
 
