@@ -44,7 +44,12 @@ def unpack(archive: Path, uri: str, cache_root: Path, *, max_bytes: int) -> Pack
     digest = _sha256(archive)
     target = cache_root / "packages" / digest[:40]
     extract = _extract_zip if uri.endswith((".zip", ".whl")) else _extract_tar
-    unpacked = cache.materialize(target, lambda tmp: extract(archive, tmp, uri, max_bytes))
+
+    def build(tmp: Path) -> None:
+        log.info("unpacking %s", uri)
+        extract(archive, tmp, uri, max_bytes)
+
+    unpacked = cache.materialize(target, build)
     roots = _roots(target, wheel=uri.endswith(".whl"))
     return Package(
         uri=uri,

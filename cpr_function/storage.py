@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -14,6 +15,8 @@ from urllib.parse import unquote, urlparse
 
 from . import cache
 from .errors import LoadError
+
+log = logging.getLogger(__name__)
 
 
 class StorageUnavailable(LoadError):
@@ -161,6 +164,7 @@ class Storage:
 
     def _download(self, blob: Blob, dest: Path) -> None:
         uri = f"gs://{blob.bucket}/{blob.name}"
+        log.info("downloading %s generation %d (%d bytes)", uri, blob.generation, blob.size)
         handle = self.client.bucket(blob.bucket).blob(blob.name, generation=blob.generation)
         with _translated(uri), open(dest, "wb") as raw:
             out = _HashingWriter(raw)

@@ -213,3 +213,62 @@ def function(tmp_path):
     yield start
     for proc in started:
         proc.stop()
+
+
+class LyingProxy:
+    """A loopback HTTP proxy in front of the emulator that can corrupt object downloads.
+
+    Listings pass through untouched, so they carry the true checksums; while `lie`
+    is set, the bytes of every media download have their last byte flipped.
+    """
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+
+        proxy = self
+        self.lie = True
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                answer = requests.request(
+                    self.command, upstream + self.path, data=body, headers=headers, timeout=30
+                )
+                data = answer.content
+                if proxy.lie and "alt=media" in self.path and data:
+                    data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def lying_proxy(emulator):
+    proxy = LyingProxy(emulator)
+    yield proxy
+    proxy.close()

@@ -68,27 +68,49 @@ def test_restart_reuses_the_cache_and_a_new_generation_is_fetched(
     assert updated.status()["cache"]["downloaded"] == 1, "only the rewritten object"
 
 
-def test_concurrent_first_requests_load_once(function, bucket, iris_dir, tmp_path):
-    log = tmp_path / "from_path.log"
-    env = {
+@pytest.fixture
+def counting_in_gcs(bucket, iris_dir, tmp_path):
+    """The test kit's Counting predictor over the iris model, both in Cloud Storage."""
+    return {
         "CPR_ORIGIN": upload_dir(bucket, iris_dir, "iris"),
         "CPR_PACKAGE_URIS": upload_file(
             bucket, make_tar(tmp_path / "kit.tar.gz", kit_files()), "kit-0.1.tar.gz"
         ),
         "CPR_PREDICTION_CLASS": "kit.Counting",
         "CPR_CACHE_DIR": str(tmp_path / "cache"),
-        "KIT_LOG": str(log),
-        "KIT_SLOW": "0.5",
+        "KIT_LOG": str(tmp_path / "from_path.log"),
     }
-    fn = function(env)
+
+
+def _predict_many(fn, count: int, threads: int) -> list:
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda _: fn.predict({"instances": IRIS}), range(count)))
+
+
+def test_concurrent_first_requests_load_once(function, counting_in_gcs, iris_dir, tmp_path):
+    log = tmp_path / "from_path.log"
+    fn = function({**counting_in_gcs, "KIT_SLOW": "0.5"})
     expected = iris_expected(iris_dir, IRIS, centered=False)
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda _: fn.predict({"instances": IRIS}), range(16)))
+    answers = _predict_many(fn, 16, 16)
     assert [a.status_code for a in answers] == [200] * 16
     assert all(a.json()["predictions"] == expected for a in answers)
     assert log.read_text().splitlines() == [log.read_text().split()[0]], "one from_path"
     cache = fn.status()["cache"]
     assert cache["downloaded"] == cache["objects"] == 3
+
+
+def test_workers_sharing_one_cache_download_and_unpack_once(
+    function, counting_in_gcs, iris_dir, tmp_path
+):
+    log = tmp_path / "from_path.log"
+    fn = function({**counting_in_gcs, "THREADS": "4"}, workers=4)
+    expected = iris_expected(iris_dir, IRIS, centered=False)
+    answers = _predict_many(fn, 64, 32)
+    assert [a.json()["predictions"] for a in answers] == [expected] * 64
+    pids = log.read_text().split()
+    assert len(pids) == len(set(pids)), "from_path runs once per process"
+    assert fn.log().count("downloading gs://") == 3, "each object once across the workers"
+    assert fn.log().count("unpacking gs://") == 1, "the package once across the workers"
 
 
 def test_missing_model_directory_and_package_are_clear_and_serving_goes_on(

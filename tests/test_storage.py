@@ -85,3 +85,25 @@ def _tree(root, files):
     for name, data in files.items():
         (root / name).write_bytes(data)
     return root
+
+
+def test_a_corrupt_download_is_refused_and_never_cached(bucket, lying_proxy, tmp_path):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    bucket.blob("m/model.joblib").upload_from_string(b"the true bytes")
+    client = storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": lying_proxy.url},
+    )
+    store = Storage(tmp_path / "cache", client=client)
+    listing = store.list_directory(f"gs://{bucket.name}/m")
+    with pytest.raises(LoadError, match="is corrupt: expected 14 bytes with CRC32C") as error:
+        store.fetch(listing)
+    assert error.value.status_code == 503
+    assert [p.name for p in (tmp_path / "cache" / "objects").iterdir()] == [".locks"]
+
+    lying_proxy.lie = False
+    fetched = store.fetch(listing)
+    assert (fetched.path / "model.joblib").read_bytes() == b"the true bytes"
