@@ -130,9 +130,17 @@ class Storage:
     def client(self):
         with self._client_lock:
             if self._client is None:
+                import google.auth.exceptions
                 from google.cloud import storage
 
-                self._client = storage.Client()
+                try:
+                    self._client = storage.Client()
+                except google.auth.exceptions.DefaultCredentialsError as exc:
+                    raise LoadError(
+                        "reading gs:// URIs needs Google credentials and none were found: on "
+                        "Cloud Functions, give the function a service account; locally, run "
+                        "`gcloud auth application-default login`"
+                    ) from exc
             return self._client
 
     def _list(self, bucket: str, prefix: str) -> list[Blob]:

@@ -107,3 +107,12 @@ def test_a_corrupt_download_is_refused_and_never_cached(bucket, lying_proxy, tmp
     lying_proxy.lie = False
     fetched = store.fetch(listing)
     assert (fetched.path / "model.joblib").read_bytes() == b"the true bytes"
+
+
+def test_no_google_credentials_says_how_to_get_them(tmp_path, monkeypatch):
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    with pytest.raises(LoadError, match="gcloud auth application-default login"):
+        Storage(tmp_path / "cache").list_directory("gs://some-bucket/model")
