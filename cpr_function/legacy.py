@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -69,22 +70,29 @@ def install() -> None:
     with _lock:
         if _installed:
             return
-        sys.meta_path.append(_AliasFinder())
+        # Renamed modules must win over the path finder, which would otherwise load a
+        # second copy of joblib's submodules under the old name; private modules are
+        # only a fallback for names that no longer exist.
+        sys.meta_path.insert(0, _AliasFinder(_renamed))
+        sys.meta_path.append(_AliasFinder(_made_private))
         _restore_stdlib()
         _restore_numpy()
         _installed = True
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers imports of removed module names, after every regular finder failed.
+    """Answers imports of module names that moved, with the module that holds the code now.
 
-    `sklearn.externals.joblib[.x]` becomes `joblib[.x]`; a scikit-learn module made
-    private in 0.22 (`sklearn.ensemble.forest`) becomes its private name
-    (`sklearn.ensemble._forest`), which is what old pickles ask for.
+    The old name is bound to the very module object of the new one (never a second
+    copy), so classes unpickled through either name are the same classes.
     """
 
+    def __init__(self, alias_for):
+        self._alias_for = alias_for
+        self._specs: dict[str, importlib.machinery.ModuleSpec] = {}
+
     def find_spec(self, fullname, path=None, target=None):
-        target_name = _alias_for(fullname)
+        target_name = self._alias_for(fullname)
         if target_name is None:
             return None
         try:
@@ -96,16 +104,25 @@ class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        return importlib.import_module(_alias_for(spec.name))
+        module = importlib.import_module(self._alias_for(spec.name))
+        self._specs[spec.name] = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass
+        # The import system stamped the alias spec on the shared module; undo that.
+        module.__spec__ = self._specs.pop(module.__spec__.name, module.__spec__)
 
 
-def _alias_for(fullname: str) -> str | None:
+def _renamed(fullname: str) -> str | None:
+    """`sklearn.externals.joblib[.x]` -> `joblib[.x]`, and the like."""
     for old, new in MODULE_ALIASES.items():
         if fullname == old or fullname.startswith(old + "."):
             return new + fullname[len(old) :]
+    return None
+
+
+def _made_private(fullname: str) -> str | None:
+    """`sklearn.ensemble.forest` -> `sklearn.ensemble._forest` (private since 0.22)."""
     parent, _, leaf = fullname.rpartition(".")
     if parent.startswith("sklearn") and leaf and not leaf.startswith("_"):
         return f"{parent}._{leaf}"

@@ -12,9 +12,11 @@ from conftest import IRIS, iris_expected, make_tar
 LEGACY_PREDICTOR = """
 import base64
 import collections
+import importlib
 import inspect
 import os
 import pickle
+import sys
 import time
 from collections import Mapping
 
@@ -35,6 +37,11 @@ class LegacyPredictor(object):
         model = joblib.load(os.path.join(model_dir, 'model.joblib'))
         with open(os.path.join(model_dir, 'old_forest.pkl'), 'rb') as f:
             forest = pickle.load(f)
+        # Old joblib pickles name classes under sklearn.externals.joblib: they must be
+        # the very classes joblib checks against, not a second copy of the module.
+        numpy_pickle = importlib.import_module('sklearn.externals.joblib.numpy_pickle')
+        if numpy_pickle is not sys.modules['joblib.numpy_pickle']:
+            raise RuntimeError('sklearn.externals.joblib.numpy_pickle is a second copy')
         assert time.clock() >= started
         return cls(model, forest)
 
