@@ -173,6 +173,16 @@ def _set_missing(module, name, value) -> None:
         setattr(module, name, value)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception from user code as `Type: message`, with a fix when we know one."""
+    if isinstance(exc, SystemExit):
+        text = f"SystemExit: the code called sys.exit({exc.code!r})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    hint = advice(exc)
+    return text + (f". To fix: {hint}" if hint else "")
+
+
 def advice(exc: BaseException) -> str | None:
     """What to change in an old package that failed with `exc`, when we know."""
     text = str(exc)
@@ -196,6 +206,11 @@ def advice(exc: BaseException) -> str | None:
         return (
             "TensorFlow 1.x names moved to tf.compat.v1 (for example tf.compat.v1.Session); "
             "use those or port to TensorFlow 2"
+        )
+    if isinstance(exc, SystemExit):
+        return (
+            "do not exit from a module or predictor; command-line parsing (argparse) that "
+            "runs on import belongs under `if __name__ == '__main__':`"
         )
     if isinstance(exc, SyntaxError):
         return (

@@ -66,9 +66,10 @@ class LazyModel:
             return model.predict(instances, **kwargs)
         except CprError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: user code calling sys.exit() must not take the worker down.
             log.exception("predictor raised")
-            raise PredictorError(f"prediction failed: {type(exc).__name__}: {exc}") from exc
+            raise PredictorError(f"prediction failed: {legacy.describe(exc)}") from exc
 
     def _load(self):
         config = self._config

@@ -94,24 +94,38 @@ def _extract_tar(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
 
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            _check_counts(uri, len(members), sum(m.size for m in members), max_bytes)
+            members, total = [], 0
+            for member in tar:  # one at a time: a tiny archive may hold millions of headers
+                members.append(member)
+                total += member.size
+                _check_counts(uri, len(members), total, max_bytes)
             dest.mkdir(parents=True)
             for member in members:
-                if member.name.startswith("/"):
-                    # The data filter would quietly strip the slash; refuse instead.
-                    raise LoadError(
-                        f"package {uri} was refused: member {member.name!r} has an absolute path"
-                    )
-                try:
-                    tarfile.data_filter(member, str(dest))
-                except tarfile.FilterError as exc:
-                    raise LoadError(
-                        f"package {uri} was refused: member {member.name!r} {_why(exc)}"
-                    ) from exc
+                _check_tar_member(member, dest, uri)
             tar.extractall(dest, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError) as exc:
         raise LoadError(f"package {uri} is not a readable .tar.gz archive: {exc}") from exc
+    except OSError as exc:
+        raise LoadError(f"package {uri} could not be unpacked: {exc.strerror}") from exc
+
+
+def _check_tar_member(member, dest: Path, uri: str) -> None:
+    import tarfile
+
+    if member.name.startswith("/"):
+        # The data filter would quietly strip the slash; refuse instead.
+        raise LoadError(f"package {uri} was refused: member {member.name!r} has an absolute path")
+    if member.issym() or member.islnk():
+        # Packages have no need for links, and link chains have defeated tarfile's
+        # own filter before (CVE-2025-4517); refusing them all is the safe rule.
+        raise LoadError(
+            f"package {uri} was refused: member {member.name!r} is a link "
+            f"(to {member.linkname!r}); packages may hold only files and folders"
+        )
+    try:
+        tarfile.data_filter(member, str(dest))
+    except tarfile.FilterError as exc:
+        raise LoadError(f"package {uri} was refused: member {member.name!r} {_why(exc)}") from exc
 
 
 def _why(exc: Exception) -> str:
@@ -121,8 +135,6 @@ def _why(exc: Exception) -> str:
         tarfile.AbsolutePathError: "has an absolute path",
         tarfile.OutsideDestinationError: "would land outside the package folder",
         tarfile.SpecialFileError: "is a device, FIFO or other special file",
-        tarfile.AbsoluteLinkError: "is a link to an absolute path",
-        tarfile.LinkOutsideDestinationError: "is a link pointing outside the package folder",
     }
     return next((text for kind, text in reasons.items() if isinstance(exc, kind)), str(exc))
 
@@ -146,8 +158,10 @@ def _extract_zip(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
                 with zf.open(info) as src, open(target, "wb") as out:
                     while chunk := src.read(_CHUNK):
                         out.write(chunk)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, EOFError) as exc:
         raise LoadError(f"package {uri} is not a readable zip archive: {exc}") from exc
+    except OSError as exc:
+        raise LoadError(f"package {uri} could not be unpacked: {exc.strerror}") from exc
 
 
 def _check_zip_member(info, uri: str) -> None:
@@ -170,8 +184,8 @@ def _check_zip_member(info, uri: str) -> None:
 def _check_counts(uri: str, members: int, size: int, max_bytes: int) -> None:
     if members > MAX_MEMBERS:
         raise LoadError(
-            f"package {uri} was refused: it has {members} members, at most {MAX_MEMBERS} "
-            "are accepted"
+            f"package {uri} was refused: it has more than {MAX_MEMBERS} members, "
+            f"at most {MAX_MEMBERS} are accepted"
         )
     if size > max_bytes:
         raise LoadError(

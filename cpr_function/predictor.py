@@ -67,7 +67,7 @@ def resolve(class_path: str, provided: Sequence[str]) -> type:
                 f"provide the top-level modules: {shipped}"
             ) from exc
         raise _import_failed(class_path, exc) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise _import_failed(class_path, exc) from exc
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -86,9 +86,7 @@ def resolve(class_path: str, provided: Sequence[str]) -> type:
 
 
 def _import_failed(class_path: str, exc: BaseException) -> LoadError:
-    hint = legacy.advice(exc)
-    message = f"importing prediction class {class_path} failed: {type(exc).__name__}: {exc}"
-    return LoadError(message + (f". To fix: {hint}" if hint else ""))
+    return LoadError(f"importing prediction class {class_path} failed: {legacy.describe(exc)}")
 
 
 def construct(cls: type, model_dir: Path) -> Predictor:
@@ -99,11 +97,9 @@ def construct(cls: type, model_dir: Path) -> Predictor:
     """
     try:
         predictor = cls.from_path(str(model_dir))
-    except Exception as exc:
-        hint = legacy.advice(exc)
+    except (Exception, SystemExit) as exc:
         raise LoadError(
-            f"{cls.__module__}.{cls.__qualname__}.from_path failed: {type(exc).__name__}: {exc}"
-            + (f". To fix: {hint}" if hint else "")
+            f"{cls.__module__}.{cls.__qualname__}.from_path failed: {legacy.describe(exc)}"
         ) from exc
     if not callable(getattr(predictor, "predict", None)):
         raise LoadError(

@@ -110,13 +110,33 @@ def encode(payload: Any) -> bytes:
     Raises:
         PredictorError: a value has no JSON form.
     """
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
     try:
-        return orjson.dumps(payload, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
-    except orjson.JSONEncodeError as exc:
+        return orjson.dumps(payload, default=_default, option=options)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        # Slow path: keys orjson cannot take (NumPy scalars) become their string form.
+        return orjson.dumps(_str_keys(payload), default=_default, option=options)
+    except (orjson.JSONEncodeError, RecursionError) as exc:
         raise PredictorError(
             f"the predictor's output cannot be encoded as JSON: {exc}; return lists, "
             "numbers, strings, bytes, dicts, NumPy arrays or pandas objects"
         ) from None
+
+
+def _str_keys(value):
+    if isinstance(value, dict):
+        return {_key(k): _str_keys(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_str_keys(v) for v in value]
+    return value
+
+
+def _key(key):
+    if isinstance(key, str | int | float | bool) or key is None:
+        return key
+    return str(key.item()) if hasattr(key, "item") else str(key)
 
 
 def _default(value):

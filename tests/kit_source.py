@@ -53,6 +53,35 @@ class Pandas(Echo):
         return pandas.DataFrame({"x": [float(i[0]) for i in instances], "nan": np.nan})
 
 
+class Reprs(Echo):
+    """Answers with repr() of each instance: shows what predict() really received."""
+
+    def predict(self, instances, **kwargs):
+        return [repr(i) for i in instances]
+
+
+class ClassScores(Echo):
+    """Answers {class index: score}, with int and NumPy int keys, as classifiers often do."""
+
+    def predict(self, instances, **kwargs):
+        return [{0: 0.25, np.int64(1): 0.75} for _ in instances]
+
+
+class Exits(Echo):
+    def predict(self, instances, **kwargs):
+        import sys
+
+        sys.exit(3)
+
+
+class ExitsOnLoad(Echo):
+    @classmethod
+    def from_path(cls, model_dir):
+        import argparse
+
+        argparse.ArgumentParser().parse_args(["--job-dir"])
+
+
 class NoPredict(object):
     @classmethod
     def from_path(cls, model_dir):

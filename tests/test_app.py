@@ -75,6 +75,18 @@ def test_other_fields_become_keyword_arguments_and_b64_round_trips(kit):
     ]
 
 
+def test_b64_leaves_reach_the_predictor_as_bytes(kit):
+    payload = {"instances": [{"b64": base64.b64encode(b"\x00\xffpng").decode()}, "text"]}
+    answer = kit("Reprs").post("/", json=payload)
+    assert answer.get_json()["predictions"] == ["b'\\x00\\xffpng'", "'text'"]
+
+
+def test_non_string_keys_are_encoded_as_strings(kit):
+    answer = kit("ClassScores").post("/", json={"instances": [1]})
+    assert answer.status_code == 200
+    assert answer.get_json()["predictions"] == [{"0": 0.25, "1": 0.75}]
+
+
 def test_pandas_output_and_nan_become_json(kit):
     answer = kit("Pandas").post("/", json={"instances": [[1], [2]]})
     assert answer.status_code == 200
@@ -119,6 +131,10 @@ def test_body_over_the_limit_is_413(kit):
     [
         ("Raising", "prediction failed: ValueError: instance 0 has the wrong shape"),
         ("Unencodable", "cannot be encoded as JSON"),
+        (
+            "Exits",
+            "prediction failed: SystemExit: the code called sys.exit(3). To fix: do not exit",
+        ),
     ],
 )
 def test_predictor_failures_are_500_and_serving_goes_on(kit, cls, message):
@@ -139,6 +155,10 @@ def test_predictor_failures_are_500_and_serving_goes_on(kit, cls, message):
             "must define from_path(model_dir) and predict(instances, **kwargs); it lacks predict",
         ),
         ("BrokenLoad", "kit.BrokenLoad.from_path failed: OSError: artifact weights.bin is missing"),
+        (
+            "ExitsOnLoad",
+            "kit.ExitsOnLoad.from_path failed: SystemExit: the code called sys.exit(2)",
+        ),
     ],
 )
 def test_load_failures_name_the_problem(kit, cls, message):
@@ -146,7 +166,7 @@ def test_load_failures_name_the_problem(kit, cls, message):
     answer = client.post("/", json={"instances": [1]})
     assert answer.status_code == 500
     assert message in answer.get_json()["error"]
-    assert client.get("/").get_json()["lastError"].startswith(answer.get_json()["error"][:20])
+    assert client.get("/").get_json()["lastError"] == answer.get_json()["error"]
 
 
 def test_wrong_module_lists_what_the_packages_provide(kit):

@@ -94,7 +94,7 @@ def test_concurrent_first_requests_load_once(function, counting_in_gcs, iris_dir
     answers = _predict_many(fn, 16, 16)
     assert [a.status_code for a in answers] == [200] * 16
     assert all(a.json()["predictions"] == expected for a in answers)
-    assert log.read_text().splitlines() == [log.read_text().split()[0]], "one from_path"
+    assert len(log.read_text().splitlines()) == 1, "one from_path"
     cache = fn.status()["cache"]
     assert cache["downloaded"] == cache["objects"] == 3
 
