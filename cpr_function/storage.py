@@ -195,7 +195,13 @@ class Storage:
         def build(tmp: Path) -> None:
             for rel, blob in members:
                 target = tmp / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise LoadError(
+                        f"model directory {listing.uri} cannot be laid out: the name "
+                        f"{str(Path(rel).parent)!r} is both an object and a folder"
+                    ) from exc
                 source = self._object_path(blob)
                 try:
                     os.link(source, target)
@@ -284,8 +290,15 @@ class _translated:
     def __exit__(self, kind, exc, tb):
         if exc is None or isinstance(exc, LoadError):
             return False
+        import google.auth.exceptions as auth
         from google.api_core import exceptions as api
 
+        if isinstance(exc, auth.TransportError):
+            raise StorageUnavailable(
+                f"Google authentication could not be reached for {self._uri}"
+            ) from exc
+        if isinstance(exc, auth.GoogleAuthError):
+            raise LoadError(f"Google credentials were refused for {self._uri}: {exc}") from exc
         if isinstance(exc, api.NotFound):
             raise LoadError(f"{self._uri} was not found in Cloud Storage") from exc
         if isinstance(exc, api.PreconditionFailed):

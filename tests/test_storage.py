@@ -116,3 +116,10 @@ def test_no_google_credentials_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     with pytest.raises(LoadError, match="gcloud auth application-default login"):
         Storage(tmp_path / "cache").list_directory("gs://some-bucket/model")
+
+
+def test_an_object_that_is_also_a_folder_is_a_clear_error(store, bucket):
+    bucket.blob("m/a").upload_from_string(b"file")
+    bucket.blob("m/a/b").upload_from_string(b"inside")
+    with pytest.raises(LoadError, match="the name 'a' is both an object and a folder"):
+        store.fetch(store.list_directory(f"gs://{bucket.name}/m"))
