@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import protocol
+from . import catalog as catalogs
+from . import protocol, resources, routes
+from .catalog import Catalog
 from .config import Config
-from .errors import CprError, MethodNotAllowed, NotFound
-from .model import LazyModel
+from .errors import ConfigError, CprError, MethodNotAllowed
+from .registry import Registry
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -17,16 +19,29 @@ _JSON = "application/json"
 
 
 class App:
-    """The composition root: wires configuration, storage and the model to HTTP."""
+    """The composition root: wires configuration, storage and the models to HTTP."""
 
     def __init__(self, config: Config, *, storage: Storage | None = None):
         self.config = config
-        self.model = LazyModel(config, storage or Storage(config.cache_dir))
+        storage = storage or Storage(config.cache_dir)
+        self.catalog = config.catalog or read_models_file(config)
+        self.registry = Registry(self.catalog, config, storage)
+        self._actions = {
+            "status": self._status,
+            "predict": self._predict,
+            "vertex_predict": self._vertex_predict,
+            "list_models": self._list_models,
+            "get_model": self._get_model,
+            "list_versions": self._list_versions,
+            "get_version": self._get_version,
+            "get_endpoint": self._get_endpoint,
+        }
 
     def __call__(self, request) -> Any:
         """Answers one Flask request; every error becomes `{"error": ...}` here and only here."""
         import flask
 
+        headers = {}
         try:
             status, body = self._route(request)
         except CprError as exc:
@@ -34,37 +49,92 @@ class App:
                 log.error("%s %s -> %d: %s", request.method, request.path, exc.status_code, exc)
             status, body = exc.status_code, protocol.error_body(str(exc))
             headers = {"Allow": exc.allow} if isinstance(exc, _NotAllowed) else {}
-            return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.path)
+            status = 500
             body = protocol.error_body("internal error; the details are in the function's log")
-            return flask.Response(body, status=500, mimetype=_JSON)
-        return flask.Response(body, status=status, mimetype=_JSON)
+        return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
 
     def _route(self, request) -> tuple[int, bytes]:
-        path = request.path.rstrip("/")
-        if path == "" or path.endswith("/predict"):
-            allowed = ("GET", "POST") if path == "" else ("POST",)
-            if request.method not in allowed:
-                raise _NotAllowed(request.method, path or "/", allowed)
-            if request.method == "GET":
-                return 200, protocol.encode(self.status())
-            return 200, self._predict(request)
-        raise NotFound(
-            f"no route for {request.path}; expected POST / or POST /predict, or GET / for status"
-        )
+        route = routes.match(request.path)
+        action = route.actions.get(request.method)
+        if action is None:
+            raise _NotAllowed(request.method, route.path, tuple(route.actions))
+        return 200, protocol.encode(self._actions[action](request, route))
 
-    def _predict(self, request) -> bytes:
-        body = protocol.read_body(
+    # Predictions
+
+    def _predict(self, request, route: routes.Route) -> dict[str, Any]:
+        spec = self.catalog.model(route.model).version(route.version)
+        instances, kwargs = protocol.parse_predict(self._body(request))
+        return {"predictions": self.registry.predict(spec, instances, kwargs)}
+
+    def _vertex_predict(self, request, route: routes.Route) -> dict[str, Any]:
+        model = self.catalog.model(route.model)
+        spec = model.version()
+        instances, kwargs = protocol.parse_vertex(self._body(request))
+        predictions = self.registry.predict(spec, instances, kwargs)
+        extra = resources.prediction(route.project, route.location, model, spec)
+        return {"predictions": predictions, **extra}
+
+    def _body(self, request) -> bytes:
+        return protocol.read_body(
             request.stream, request.content_length, self.config.max_request_bytes
         )
-        instances, kwargs = protocol.parse_predict(body)
-        predictions = self.model.predict(instances, kwargs)
-        return protocol.encode({"predictions": predictions})
+
+    # Resources
+
+    def _list_models(self, request, route: routes.Route) -> dict[str, Any]:
+        state = self.registry.state
+        return {"models": [resources.model(route.project, m, state) for m in self.catalog.models]}
+
+    def _get_model(self, request, route: routes.Route) -> dict[str, Any]:
+        model = self.catalog.model(route.model)
+        return resources.model(route.project, model, self.registry.state)
+
+    def _list_versions(self, request, route: routes.Route) -> dict[str, Any]:
+        model = self.catalog.model(route.model)
+        state = self.registry.state
+        return {
+            "versions": [
+                resources.version(route.project, model, v, state(v)) for v in model.versions
+            ]
+        }
+
+    def _get_version(self, request, route: routes.Route) -> dict[str, Any]:
+        model = self.catalog.model(route.model)
+        spec = model.version(route.version)
+        return resources.version(route.project, model, spec, self.registry.state(spec))
+
+    def _get_endpoint(self, request, route: routes.Route) -> dict[str, Any]:
+        model = self.catalog.model(route.model)
+        return resources.endpoint(route.project, route.location, model)
+
+    def _status(self, request, route: routes.Route) -> dict[str, Any]:
+        return self.status()
 
     def status(self) -> dict[str, Any]:
         """The body of `GET /`."""
-        return {"config": self.config.describe(), **self.model.status()}
+        return {"config": self.config.describe(), **self.registry.status()}
+
+
+def read_models_file(config: Config) -> Catalog:
+    """Reads and checks the `CPR_MODELS` file, from a local path or Cloud Storage.
+
+    Raises:
+        ConfigError: the file cannot be read, or is not a valid models file.
+    """
+    uri = config.models_file
+    # A storage client of its own: this runs at import, in the gunicorn master, before the fork.
+    storage = Storage(config.cache_dir)
+    try:
+        path = storage.fetch(storage.list_file(uri, what="models file")).path
+        text = path.read_text(encoding="utf-8")
+    except CprError as exc:
+        raise ConfigError(f"CPR_MODELS: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"CPR_MODELS: models file {uri} cannot be read: {exc}") from exc
+    return catalogs.parse(text, uri)
 
 
 class _NotAllowed(MethodNotAllowed):

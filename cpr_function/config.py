@@ -8,22 +8,33 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import catalog
+from .catalog import Catalog
 from .errors import ConfigError
 
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples"
 
-FRAMEWORKS = ("scikit-learn", "xgboost", "tensorflow", "mlflow")
+ISOLATIONS = ("auto", "process", "none")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
+# The single-model settings, by the version field each one sets.
+SINGLE_MODEL = {
+    "origin": "CPR_ORIGIN",
+    "package_uris": "CPR_PACKAGE_URIS",
+    "prediction_class": "CPR_PREDICTION_CLASS",
+    "framework": "CPR_FRAMEWORK",
+    "forward_to": "CPR_FORWARD_TO",
+    "api_endpoint": "CPR_API_ENDPOINT",
+    "batch_size": "CPR_BATCH_SIZE",
+}
+
 KNOWN = (
-    "CPR_ORIGIN",
-    "CPR_PACKAGE_URIS",
-    "CPR_PREDICTION_CLASS",
-    "CPR_FRAMEWORK",
+    *SINGLE_MODEL.values(),
+    "CPR_MODELS",
     "CPR_MODEL_NAME",
     "CPR_VERSION_NAME",
     "CPR_CACHE_DIR",
@@ -31,32 +42,35 @@ KNOWN = (
     "CPR_MAX_REQUEST_BYTES",
     "CPR_INSTALL_DEPENDENCIES",
     "CPR_LEGACY_COMPAT",
+    "CPR_ISOLATION",
+    "CPR_MEMORY_BUDGET",
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """What one deployment serves and within which limits."""
+    """What one deployment serves and within which limits.
 
-    origin: str
-    package_uris: tuple[str, ...] = ()
-    prediction_class: str | None = None
-    framework: str | None = None
-    model_name: str = "default"
-    version_name: str = "v1"
+    `catalog` holds the models when they come from the single-model settings;
+    with `CPR_MODELS` it is None until the app reads `models_file`.
+    """
+
+    catalog: Catalog | None = None
+    models_file: str | None = None
     cache_dir: Path = Path(tempfile.gettempdir()) / "cpr-cache"
     max_model_bytes: int = 500 * 10**6
     max_request_bytes: int = 32 * 10**6
     install_dependencies: bool = False
     legacy_compat: bool = True
+    isolation: str = "auto"
+    memory_budget: int | None = None
     is_example: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
         """Builds the configuration from environment variables.
 
-        With none of `CPR_ORIGIN`, `CPR_PACKAGE_URIS`, `CPR_PREDICTION_CLASS`
-        set, the bundled example is served.
+        With no model setting at all, the bundled example is served.
 
         Raises:
             ConfigError: a variable is unknown or has a value outside what it accepts.
@@ -67,71 +81,68 @@ class Config:
                 f"unknown setting {', '.join(unknown)}; known settings are {', '.join(KNOWN)}"
             )
         get = {k: env[k].strip() for k in KNOWN if env.get(k, "").strip()}.get
-        limits = dict(
+        raw_isolation = get("CPR_ISOLATION") or "auto"
+        isolation = raw_isolation.lower()
+        if isolation not in ISOLATIONS:
+            raise ConfigError(
+                f"CPR_ISOLATION must be one of {', '.join(ISOLATIONS)}; got {raw_isolation!r}"
+            )
+        budget = get("CPR_MEMORY_BUDGET")
+        settings = dict(
             max_model_bytes=_size(get, "CPR_MAX_MODEL_BYTES", cls.max_model_bytes),
             max_request_bytes=_size(get, "CPR_MAX_REQUEST_BYTES", cls.max_request_bytes),
             cache_dir=Path(get("CPR_CACHE_DIR") or cls.cache_dir),
             install_dependencies=_flag(get, "CPR_INSTALL_DEPENDENCIES", False),
             legacy_compat=_flag(get, "CPR_LEGACY_COMPAT", True),
-            model_name=_name(get, "CPR_MODEL_NAME", cls.model_name),
-            version_name=_name(get, "CPR_VERSION_NAME", cls.version_name),
+            isolation=isolation,
+            memory_budget=_size(get, "CPR_MEMORY_BUDGET", 0) if budget else None,
         )
-        framework = get("CPR_FRAMEWORK")
-        if framework is not None and framework.lower() not in FRAMEWORKS:
-            raise ConfigError(
-                f"CPR_FRAMEWORK must be one of {', '.join(FRAMEWORKS)}; got {framework!r}"
-            )
-        model_vars = ("CPR_ORIGIN", "CPR_PACKAGE_URIS", "CPR_PREDICTION_CLASS", "CPR_FRAMEWORK")
-        if not any(get(k) for k in model_vars):
-            return cls.example(**limits)
-        origin = get("CPR_ORIGIN")
-        if origin is None:
-            raise ConfigError(
-                "CPR_ORIGIN must name the model directory (gs://bucket/prefix, a local "
-                "directory or a file:// URI) when CPR_PACKAGE_URIS, CPR_PREDICTION_CLASS "
-                "or CPR_FRAMEWORK is set; it is unset"
-            )
-        prediction_class = get("CPR_PREDICTION_CLASS")
-        if prediction_class is not None:
-            _check_class_path(prediction_class)
-        if prediction_class is not None and framework is not None:
-            raise ConfigError(
-                "set CPR_PREDICTION_CLASS for custom code or CPR_FRAMEWORK for a framework "
-                f"model, not both; got {prediction_class!r} and {framework!r}"
-            )
+        model = catalog.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
+        version = catalog.check_name(get("CPR_VERSION_NAME") or "v1", "CPR_VERSION_NAME")
+        single = {field: get(name) for field, name in SINGLE_MODEL.items() if get(name)}
+        if get("CPR_MODELS"):
+            named = [SINGLE_MODEL[f] for f in single]
+            named += [n for n in ("CPR_MODEL_NAME", "CPR_VERSION_NAME") if get(n)]
+            if named:
+                raise ConfigError(
+                    f"CPR_MODELS lists the models, so {', '.join(named)} cannot be set too; "
+                    "put those settings in the models file"
+                )
+            return cls(models_file=get("CPR_MODELS"), **settings)
+        if not single:
+            return cls.example(model, version, **settings)
         return cls(
-            origin=origin,
-            package_uris=_uri_list(get("CPR_PACKAGE_URIS")),
-            prediction_class=prediction_class,
-            framework=framework.lower() if framework else None,
-            **limits,
+            catalog=catalog.single(model, version, single, SINGLE_MODEL.__getitem__),
+            **settings,
         )
 
     @classmethod
-    def example(cls, **limits) -> Config:
+    def example(cls, model: str = "default", version: str = "v1", **settings) -> Config:
         """The bundled scikit-learn custom prediction routine from `examples/`."""
-        return cls(
+        spec = catalog.VersionSpec(
+            model=model,
+            name=version,
             origin=str(EXAMPLE_DIR / "model"),
             package_uris=(str(EXAMPLE_DIR / "dist" / "my_custom_code-0.1.tar.gz"),),
             prediction_class="predictor.MyPredictor",
             is_example=True,
-            **limits,
         )
+        models = (catalog.ModelSpec(model, (spec,), version),)
+        example = catalog.Catalog(models=models, default_model=model)
+        return cls(catalog=example, is_example=True, **settings)
 
     def describe(self) -> dict:
-        """The settings as shown by `GET /`: names and URIs, nothing secret."""
+        """The deployment-wide settings as shown by `GET /`: nothing secret."""
         return {
-            "model": self.model_name,
-            "version": self.version_name,
-            "origin": self.origin,
-            "packageUris": list(self.package_uris),
-            "predictionClass": self.prediction_class,
-            "framework": self.framework,
+            "modelsFile": self.models_file,
             "example": self.is_example,
+            "cacheDir": str(self.cache_dir),
             "maxModelBytes": self.max_model_bytes,
             "maxRequestBytes": self.max_request_bytes,
             "installDependencies": self.install_dependencies,
             "legacyCompat": self.legacy_compat,
+            "isolation": self.isolation,
+            "memoryBudgetBytes": self.memory_budget,
         }
 
 
@@ -162,34 +173,3 @@ def _flag(get, name: str, default: bool) -> bool:
     if raw.lower() in _FALSE:
         return False
     raise ConfigError(f"{name} must be true or false; got {raw!r}")
-
-
-def _name(get, name: str, default: str) -> str:
-    raw = get(name) or default
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", raw):
-        raise ConfigError(
-            f"{name} must be letters, digits, '_', '.' or '-', starting with a letter or "
-            f"digit; got {raw!r}"
-        )
-    return raw
-
-
-def _check_class_path(path: str) -> None:
-    parts = path.split(".")
-    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
-        raise ConfigError(
-            f"CPR_PREDICTION_CLASS must be module.Class, like predictor.MyPredictor; got {path!r}"
-        )
-
-
-def _uri_list(raw: str | None) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    uris = tuple(u.strip() for u in raw.split(",") if u.strip())
-    for uri in uris:
-        if not uri.endswith((".tar.gz", ".tgz", ".zip", ".whl")):
-            raise ConfigError(
-                "CPR_PACKAGE_URIS must list .tar.gz, .zip or .whl packages separated by "
-                f"commas; got {uri!r}"
-            )
-    return uris

@@ -49,3 +49,11 @@ class LoadError(CprError):
 
 class PredictorError(CprError):
     """The predictor raised, or its output cannot be encoded."""
+
+
+class Relayed(CprError):
+    """An error raised in a model's worker process, carried over with its status."""
+
+    def __init__(self, message: str, status_code: int):
+        super().__init__(message)
+        self.status_code = status_code  # type: ignore[misc]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import frameworks, legacy, packages, predictor
+from .catalog import VersionSpec
 from .config import Config
 from .errors import CprError, LoadError, PredictorError
 from .storage import Storage
@@ -23,8 +26,17 @@ class LazyModel:
     fixed in Cloud Storage, or a storage outage that ended, recovers by itself.
     """
 
-    def __init__(self, config: Config, storage: Storage):
+    def __init__(
+        self,
+        spec: VersionSpec,
+        config: Config,
+        storage: Storage,
+        *,
+        claim: Callable[[VersionSpec, list[str]], None] | None = None,
+    ):
+        self.spec = spec
         self._config = config
+        self._claim = claim
         self._storage = storage
         self._lock = threading.Lock()
         self._predictor: Any = None
@@ -71,14 +83,20 @@ class LazyModel:
             log.exception("predictor raised")
             raise PredictorError(f"prediction failed: {legacy.describe(exc)}") from exc
 
+    def unload(self) -> None:
+        """Drops the loaded predictor; the next request loads it again."""
+        with self._lock:
+            self._predictor = None
+
     def _load(self):
-        config = self._config
-        if config.is_example:
-            log.info("no CPR_ORIGIN is set: serving the bundled example model")
+        config, spec = self._config, self.spec
+        if spec.is_example:
+            log.info("no model is configured: serving the bundled example model")
+        log.info("loading model %s version %s", spec.model, spec.name)
         start = time.perf_counter()
         with self._phase("download"):
-            origin = self._storage.list_directory(config.origin)
-            package_listings = [self._storage.list_file(u) for u in config.package_uris]
+            origin = self._storage.list_directory(spec.origin)
+            package_listings = [self._storage.list_file(u) for u in spec.package_uris]
             total = origin.size + sum(p.size for p in package_listings)
             if total > config.max_model_bytes:
                 raise LoadError(
@@ -111,20 +129,26 @@ class LazyModel:
             if config.legacy_compat:
                 legacy.install()
             provided = [m for p in unpacked for m in p.modules]
+            if self._claim is not None:
+                self._claim(spec, provided)
             predictor.activate(roots, provided)
             if roots_after:
-                import sys
-
                 sys.path.extend(str(r) for r in roots_after)
-            if config.prediction_class:
-                cls = predictor.resolve(config.prediction_class, provided)
+            if spec.prediction_class:
+                cls = predictor.resolve(spec.prediction_class, provided)
         with self._phase("from_path"):
-            if config.prediction_class:
+            if spec.prediction_class:
                 loaded = predictor.construct(cls, model_dir)
             else:
-                loaded = frameworks.load(model_dir, config.framework)
+                loaded = frameworks.load(model_dir, spec.framework)
         self.phases["total"] = round(time.perf_counter() - start, 6)
-        log.info("model loaded in %.3fs: %s", self.phases["total"], self.phases)
+        log.info(
+            "model %s version %s loaded in %.3fs: %s",
+            spec.model,
+            spec.name,
+            self.phases["total"],
+            self.phases,
+        )
         return loaded
 
     @contextlib.contextmanager

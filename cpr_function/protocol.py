@@ -73,6 +73,30 @@ def parse_predict(body: bytes) -> tuple[list, dict[str, Any]]:
     return instances, payload
 
 
+def parse_vertex(body: bytes) -> tuple[list, dict[str, Any]]:
+    """Splits a Vertex AI predict body: `instances`, and `parameters` as keyword arguments.
+
+    Raises:
+        BadRequest: the body is malformed, `parameters` is not an object, or other
+            fields are present (Vertex AI refuses them too).
+    """
+    instances, fields = parse_predict(body)
+    parameters = fields.pop("parameters", None)
+    if fields:
+        raise BadRequest(
+            f"a Vertex AI predict body has only instances and parameters; it also had: "
+            f"{', '.join(sorted(fields))}"
+        )
+    if parameters is None:
+        return instances, {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(
+            f'"parameters" must be a JSON object of keyword arguments; received a JSON '
+            f"{_json_type(parameters)}"
+        )
+    return instances, parameters
+
+
 def _decode_b64(value):
     try:
         return _decode(value)

@@ -92,8 +92,8 @@ class Storage:
             raise LoadError(f"model directory {uri} holds no objects")
         return Listing(uri=uri, size=sum(b.size for b in blobs), blobs=blobs, prefix=prefix)
 
-    def list_file(self, uri: str) -> Listing:
-        """Lists a single file, such as a package.
+    def list_file(self, uri: str, what: str = "package") -> Listing:
+        """Lists a single file, such as a package (`what` names it in errors).
 
         Raises:
             LoadError: the file does not exist.
@@ -101,12 +101,12 @@ class Storage:
         if not uri.startswith("gs://"):
             path = _local_path(uri)
             if not path.is_file():
-                raise LoadError(f"package {uri} does not exist")
+                raise LoadError(f"{what} {uri} does not exist")
             return Listing(uri=uri, size=path.stat().st_size, local=path, directory=False)
         bucket, name = _split_gs(uri)
         blobs = tuple(b for b in self._list(bucket, name) if b.name == name)
         if not blobs:
-            raise LoadError(f"package {uri} does not exist")
+            raise LoadError(f"{what} {uri} does not exist")
         return Listing(uri=uri, size=blobs[0].size, blobs=blobs, directory=False)
 
     def fetch(self, listing: Listing) -> Fetched:

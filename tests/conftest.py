@@ -152,6 +152,13 @@ def iris_dir(tmp_path_factory) -> Path:
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
 
+def version_status(status: dict, model: str | None = None, version: str | None = None) -> dict:
+    """One version's entry in a `GET /` body; the default model and version when unnamed."""
+    found = next(m for m in status["models"] if m["name"] == (model or status["defaultModel"]))
+    wanted = version or found["defaultVersion"]
+    return next(v for v in found["versions"] if v["name"] == wanted)
+
+
 # Function processes
 
 
@@ -185,6 +192,9 @@ class FunctionProcess:
 
     def status(self) -> dict:
         return requests.get(self.url + "/", timeout=30).json()
+
+    def version_status(self, model: str | None = None, version: str | None = None) -> dict:
+        return version_status(self.status(), model, version)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -7,7 +7,7 @@ import os
 
 import functions_framework
 import pytest
-from conftest import EXAMPLES, IRIS, REPO, iris_expected, make_tar
+from conftest import EXAMPLES, IRIS, REPO, iris_expected, make_tar, version_status
 from kit_source import kit_files
 
 
@@ -46,11 +46,11 @@ def test_serves_the_bundled_example_when_nothing_is_configured(client_for):
     client = client_for({})
     status = client.get("/").get_json()
     assert status["config"]["example"] is True
-    assert status["loaded"] is False, "nothing may load before the first request"
+    assert version_status(status)["loaded"] is False, "nothing may load before the first request"
     answer = client.post("/", json={"instances": IRIS})
     assert answer.status_code == 200
     assert answer.get_json() == {"predictions": iris_expected(EXAMPLES / "model", IRIS)}
-    assert client.get("/").get_json()["loaded"] is True
+    assert version_status(client.get("/").get_json())["loaded"] is True
 
 
 def test_predict_route_and_numpy_output(kit, iris_dir):
@@ -166,7 +166,7 @@ def test_load_failures_name_the_problem(kit, cls, message):
     answer = client.post("/", json={"instances": [1]})
     assert answer.status_code == 500
     assert message in answer.get_json()["error"]
-    assert client.get("/").get_json()["lastError"] == answer.get_json()["error"]
+    assert version_status(client.get("/").get_json())["lastError"] == answer.get_json()["error"]
 
 
 def test_wrong_module_lists_what_the_packages_provide(kit):

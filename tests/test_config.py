@@ -11,8 +11,9 @@ from cpr_function.errors import ConfigError
 def test_nothing_set_serves_the_example():
     config = Config.from_env({"PATH": "/bin"})
     assert config.is_example
-    assert config.prediction_class == "predictor.MyPredictor"
-    assert (config.model_name, config.version_name) == ("default", "v1")
+    spec = config.catalog.model().version()
+    assert spec.prediction_class == "predictor.MyPredictor"
+    assert (spec.model, spec.name) == ("default", "v1")
 
 
 def test_a_full_configuration():
@@ -28,11 +29,24 @@ def test_a_full_configuration():
             "CPR_VERSION_NAME": "v2",
         }
     )
-    assert config.package_uris == ("gs://b/a-0.1.tar.gz", "gs://b/b-0.2-py3-none-any.whl")
+    spec = config.catalog.model("iris").version("v2")
+    assert spec.package_uris == ("gs://b/a-0.1.tar.gz", "gs://b/b-0.2-py3-none-any.whl")
     assert config.max_model_bytes == int(1.5 * 1024**3)
     assert config.max_request_bytes == 10_000_000
     assert config.install_dependencies and not config.is_example
-    assert config.describe()["model"] == "iris"
+    assert config.catalog.default_model == "iris"
+
+
+def test_a_models_file_replaces_the_single_model_settings():
+    config = Config.from_env({"CPR_MODELS": "gs://b/models.yaml", "CPR_ISOLATION": "Process"})
+    assert (config.models_file, config.catalog, config.isolation) == (
+        "gs://b/models.yaml",
+        None,
+        "process",
+    )
+    with pytest.raises(ConfigError) as error:
+        Config.from_env({"CPR_MODELS": "m.yaml", "CPR_ORIGIN": "gs://b/m"})
+    assert "CPR_MODELS lists the models, so CPR_ORIGIN cannot be set too" in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -41,8 +55,7 @@ def test_a_full_configuration():
         ({"CPR_PACKAGE_URIS": "gs://b/p.tar.gz"}, "CPR_ORIGIN must name the model directory"),
         (
             {"CPR_ORIGIN": "gs://b/m", "CPR_PACKAGE_URIS": "gs://b/p.egg"},
-            "CPR_PACKAGE_URIS must list .tar.gz, .zip or .whl packages separated by commas; "
-            "got 'gs://b/p.egg'",
+            "CPR_PACKAGE_URIS must list .tar.gz, .zip or .whl packages; got 'gs://b/p.egg'",
         ),
         (
             {"CPR_ORIGIN": "gs://b/m", "CPR_PREDICTION_CLASS": "MyPredictor"},
@@ -65,6 +78,25 @@ def test_a_full_configuration():
         ),
         ({"CPR_MODEL_NAME": "my model"}, "CPR_MODEL_NAME must be letters, digits"),
         ({"CPR_ORIGN": "x"}, "unknown setting CPR_ORIGN; known settings are CPR_ORIGIN,"),
+        ({"CPR_ISOLATION": "thread"}, "CPR_ISOLATION must be one of auto, process, none"),
+        ({"CPR_MEMORY_BUDGET": "lots"}, "CPR_MEMORY_BUDGET must be a size in bytes"),
+        (
+            {"CPR_FORWARD_TO": "projects/p/models"},
+            "CPR_FORWARD_TO must be projects/P/models/M[/versions/V] or "
+            "projects/P/locations/L/endpoints/E; got 'projects/p/models'",
+        ),
+        (
+            {"CPR_FORWARD_TO": "projects/p/models/m", "CPR_ORIGIN": "gs://b/m"},
+            "CPR_FORWARD_TO forwards to a deployed model, so CPR_ORIGIN cannot be set too",
+        ),
+        (
+            {"CPR_FORWARD_TO": "projects/p/models/m", "CPR_API_ENDPOINT": "localhost:8080"},
+            "CPR_API_ENDPOINT must be an http:// or https:// base URL",
+        ),
+        (
+            {"CPR_FORWARD_TO": "projects/p/models/m", "CPR_BATCH_SIZE": "0"},
+            "CPR_BATCH_SIZE must be a positive whole number; got '0'",
+        ),
     ],
 )
 def test_wrong_settings_name_the_variable_and_what_it_accepts(env, message):

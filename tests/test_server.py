@@ -31,7 +31,7 @@ def test_seed_sample_from_cloud_storage_answers_as_the_model_does(
     answer = fn.predict({"instances": IRIS})
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"predictions": iris_expected(iris_dir, IRIS)}
-    status = fn.status()
+    status = fn.version_status()
     assert status["loaded"] is True
     assert status["cache"]["downloaded"] == 3, "model.joblib, preprocessor.pkl and the sdist"
     assert set(status["coldStartSeconds"]) >= {"download", "unpack", "import", "from_path"}
@@ -48,7 +48,11 @@ def test_restart_reuses_the_cache_and_a_new_generation_is_fetched(
 
     again = function(env)
     assert again.predict({"instances": IRIS}).json()["predictions"] == before
-    assert again.status()["cache"] == {**again.status()["cache"], "downloaded": 0, "unpacked": 0}
+    assert again.version_status()["cache"] == {
+        **again.version_status()["cache"],
+        "downloaded": 0,
+        "unpacked": 0,
+    }
     again.stop()
 
     constant = tmp_path / "constant"
@@ -65,7 +69,7 @@ def test_restart_reuses_the_cache_and_a_new_generation_is_fetched(
     bucket.blob("models/iris/model.joblib").upload_from_filename(constant)
     updated = function(env)
     assert updated.predict({"instances": IRIS}).json()["predictions"] == [2, 2, 2]
-    assert updated.status()["cache"]["downloaded"] == 1, "only the rewritten object"
+    assert updated.version_status()["cache"]["downloaded"] == 1, "only the rewritten object"
 
 
 @pytest.fixture
@@ -95,7 +99,7 @@ def test_concurrent_first_requests_load_once(function, counting_in_gcs, iris_dir
     assert [a.status_code for a in answers] == [200] * 16
     assert all(a.json()["predictions"] == expected for a in answers)
     assert len(log.read_text().splitlines()) == 1, "one from_path"
-    cache = fn.status()["cache"]
+    cache = fn.version_status()["cache"]
     assert cache["downloaded"] == cache["objects"] == 3
 
 
@@ -128,7 +132,7 @@ def test_missing_model_directory_and_package_are_clear_and_serving_goes_on(
     assert answer.json() == {
         "error": f"model directory gs://{bucket.name}/nothing-here holds no objects"
     }
-    assert fn.status()["loaded"] is False
+    assert fn.version_status()["loaded"] is False
 
     bucket.blob("m/model.joblib").upload_from_string(b"x")
     fn2 = function(

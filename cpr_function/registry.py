@@ -1,0 +1,142 @@
+"""Which handle serves each version, loading lazily and unloading within the memory budget."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Any
+
+from .catalog import Catalog, VersionSpec
+from .config import Config
+from .errors import LoadError
+from .model import LazyModel
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class Registry:
+    """Every version of the catalog, each loaded on its first request.
+
+    With process isolation each in-process version lives in a child process of
+    its own, and the least recently used ones are ended while the loaded
+    versions' memory exceeds the budget. Without it, versions share this
+    process and must not ship modules of the same name.
+    """
+
+    def __init__(self, catalog: Catalog, config: Config, storage: Storage):
+        self.catalog = catalog
+        self._config = config
+        local = [v for v in catalog.versions() if v.in_process]
+        if config.isolation == "auto":
+            self.isolation = "process" if len(local) > 1 else "none"
+        else:
+            self.isolation = config.isolation
+        self._lock = threading.Lock()
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._claims: dict[str, str] = {}
+        self._handles = {v.key: self._handle(v, storage) for v in catalog.versions()}
+
+    def _handle(self, spec: VersionSpec, storage: Storage):
+        if not spec.in_process:
+            from .forward import Forwarder
+
+            return Forwarder(spec)
+        if self.isolation == "process":
+            from .worker import ProcessModel
+
+            return ProcessModel(spec, self._config)
+        return LazyModel(spec, self._config, storage, claim=self._claim)
+
+    def predict(self, spec: VersionSpec, instances: list, kwargs: dict[str, Any]) -> Any:
+        """Runs a version's predictor, loading it first if needed.
+
+        Raises:
+            CprError: the version failed to load, or its predictor failed.
+        """
+        handle = self._handles[spec.key]
+        predictions = handle.predict(instances, kwargs)
+        self._used(spec.key)
+        return predictions
+
+    def handle(self, spec: VersionSpec):
+        return self._handles[spec.key]
+
+    def state(self, spec: VersionSpec) -> tuple[str, str | None]:
+        """The version's v1 state: READY unless its last load failed."""
+        error = getattr(self._handles[spec.key], "last_error", None)
+        return ("FAILED", error) if error else ("READY", None)
+
+    def _used(self, key: str) -> None:
+        with self._lock:
+            self._recent[key] = None
+            self._recent.move_to_end(key)
+            victims = self._over_budget(keep=key)
+        for victim in victims:
+            log.info("unloading %s, least recently used, to stay within CPR_MEMORY_BUDGET", victim)
+            self._handles[victim].unload()
+
+    def _over_budget(self, keep: str) -> list[str]:
+        budget = self._config.memory_budget
+        if budget is None:
+            return []
+        sizes = {k: _memory(self._handles[k]) for k in self._recent}
+        total, victims = sum(sizes.values()), []
+        for key in list(self._recent):
+            if total <= budget:
+                break
+            if key != keep:
+                victims.append(key)
+                total -= sizes[key]
+                del self._recent[key]
+        return victims
+
+    def _claim(self, spec: VersionSpec, modules: list[str]) -> None:
+        with self._lock:
+            clash = {m: o for m in modules if (o := self._claims.get(m, spec.key)) != spec.key}
+            if clash:
+                module, other = next(iter(clash.items()))
+                raise LoadError(
+                    f"model {spec.model} version {spec.name} ships the module {module!r}, and "
+                    f"{other.replace('/', ' version ')}, already loaded in this process, ships "
+                    "one of the same name; with CPR_ISOLATION=none versions cannot share module "
+                    "names: use CPR_ISOLATION=process or auto"
+                )
+            self._claims.update(dict.fromkeys(modules, spec.key))
+
+    def status(self) -> dict[str, Any]:
+        """What `GET /` shows of the models and their versions."""
+        models = []
+        for model in self.catalog.models:
+            versions = []
+            for spec in model.versions:
+                handle = self._handles[spec.key]
+                versions.append({**_describe(spec), **handle.status()})
+            models.append(
+                {"name": model.name, "defaultVersion": model.default_version, "versions": versions}
+            )
+        loaded = [self._handles[k] for k in self._recent]
+        return {
+            "defaultModel": self.catalog.default_model,
+            "isolation": self.isolation,
+            "loadedMemoryBytes": sum(_memory(h) for h in loaded),
+            "models": models,
+        }
+
+
+def _memory(handle) -> int:
+    return (getattr(handle, "memory", None) or 0) if handle.loaded else 0
+
+
+def _describe(spec: VersionSpec) -> dict[str, Any]:
+    described = {
+        "name": spec.name,
+        "origin": spec.origin,
+        "packageUris": list(spec.package_uris),
+        "predictionClass": spec.prediction_class,
+        "framework": spec.framework,
+    }
+    if spec.forward_to:
+        described = {"name": spec.name, "forwardTo": spec.forward_to}
+    return described

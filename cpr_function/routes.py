@@ -1,0 +1,59 @@
+"""Which action a request path names: our own routes, AI Platform v1's and Vertex AI's.
+
+Paths are matched on their end, so a Cloud Functions URL prefix does not matter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .errors import NotFound
+
+_V1 = r"(?:^|/)v1/projects/(?P<project>[^/]+)"
+_MODEL = _V1 + r"/models/(?P<model>[^/:]+)"
+_ENDPOINT = _V1 + r"/locations/(?P<location>[^/]+)/endpoints/(?P<model>[^/:]+)"
+
+_TABLE = [
+    (_ENDPOINT + r":predict", {"POST": "vertex_predict"}),
+    (_ENDPOINT + r":rawPredict", {"POST": "predict"}),
+    (_ENDPOINT, {"GET": "get_endpoint"}),
+    (_MODEL + r"/versions/(?P<version>[^/:]+):predict", {"POST": "predict"}),
+    (_MODEL + r":predict", {"POST": "predict"}),
+    (_MODEL + r"/versions/(?P<version>[^/:]+)", {"GET": "get_version"}),
+    (_MODEL + r"/versions", {"GET": "list_versions"}),
+    (_MODEL, {"GET": "get_model"}),
+    (_V1 + r"/models", {"GET": "list_models"}),
+    (r"^", {"GET": "status", "POST": "predict"}),
+    (r"(?:^|/)predict", {"POST": "predict"}),
+]
+_COMPILED = [(re.compile(pattern + "$"), actions) for pattern, actions in _TABLE]
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A matched path: the action per method, and the names its segments carry."""
+
+    path: str
+    actions: dict[str, str]
+    project: str | None = None
+    location: str | None = None
+    model: str | None = None
+    version: str | None = None
+
+
+def match(path: str) -> Route:
+    """The route a path names.
+
+    Raises:
+        NotFound: no route ends the path.
+    """
+    trimmed = path.rstrip("/")
+    for pattern, actions in _COMPILED:
+        found = pattern.search(trimmed)
+        if found:
+            return Route(path=trimmed or "/", actions=actions, **found.groupdict())
+    raise NotFound(
+        f"no route for {path}; expected POST / or POST /predict, GET / for status, or an "
+        "AI Platform v1 or Vertex AI route such as POST /v1/projects/P/models/M:predict"
+    )

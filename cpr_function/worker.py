@@ -1,0 +1,225 @@
+"""A model version in a process of its own: the parent's handle, and the child's loop.
+
+Two versions whose packages ship modules of the same name (most ship a
+`predictor.py`) cannot share one `sys.modules`, nor can their pickles. Each
+then runs in a child Python process started with `python -m cpr_function.worker`,
+which loads the version with the same code as in-process serving and answers
+predictions sent over a socket pair. The child encodes predictions to JSON
+itself, so what crosses back is bytes, whatever the predictor returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .catalog import VersionSpec
+from .config import Config
+from .errors import CprError, Relayed
+
+log = logging.getLogger(__name__)
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+class ProcessModel:
+    """Runs one version in a child process, started on first use and restarted after a crash.
+
+    One request at a time crosses the channel, so concurrent requests for the
+    same version queue here; versions in different children run in parallel.
+    """
+
+    def __init__(self, spec: VersionSpec, config: Config):
+        self.spec = spec
+        self._config = config
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._conn = None
+        self.phases: dict[str, float] = {}
+        self.fetch_stats: dict[str, int] = {}
+        self.last_error: str | None = None
+        self.memory: int | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._conn is not None else None
+
+    def get(self) -> None:
+        """Starts the child and loads the version in it, unless that is done.
+
+        Raises:
+            CprError: the version failed to load, with the status the child gave.
+        """
+        with self._lock:
+            self._ensure_loaded()
+
+    def predict(self, instances: list, kwargs: dict[str, Any]):
+        """The predictions as an encoded JSON fragment.
+
+        Raises:
+            CprError: loading or predicting failed, with the status the child gave.
+        """
+        import orjson
+
+        with self._lock:
+            self._ensure_loaded()
+            reply = self._call(("predict", instances, kwargs), "predicting")
+            self.memory = reply[-1]
+            if reply[0] == "error":
+                raise Relayed(reply[1], reply[2])
+            return orjson.Fragment(reply[1])
+
+    def unload(self) -> None:
+        """Ends the child; the next request starts a new one."""
+        with self._lock:
+            self._stop()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "loaded": self.loaded,
+            "pid": self.pid,
+            "memoryBytes": self.memory if self.loaded else None,
+            "coldStartSeconds": dict(self.phases),
+            "cache": dict(self.fetch_stats),
+            "lastError": self.last_error,
+        }
+
+    def _ensure_loaded(self) -> None:
+        if self._conn is not None:
+            return
+        self._start()
+        try:
+            reply = self._call(("load", self.spec, self._config), "loading")
+        except CprError as exc:
+            self.last_error = str(exc)
+            raise
+        if reply[0] == "error":
+            self._stop()
+            self.last_error = reply[1]
+            raise Relayed(reply[1], reply[2])
+        _, self.phases, self.fetch_stats, self.memory = reply
+        self.last_error = None
+
+    def _start(self) -> None:
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p
+        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "cpr_function.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        log.info(
+            "model %s version %s: worker process %d started",
+            self.spec.model,
+            self.spec.name,
+            self._proc.pid,
+        )
+
+    def _call(self, message: tuple, doing: str) -> tuple:
+        try:
+            self._conn.send(message)
+            return self._conn.recv()
+        except (EOFError, OSError) as exc:
+            code = self._stop()
+            raise Relayed(
+                f"model {self.spec.model} version {self.spec.name}: its worker process ended "
+                f"({_exit(code)}) while {doing}; the next request starts it again",
+                500,
+            ) from exc
+
+    def _stop(self) -> int | None:
+        conn, proc, self._conn, self._proc = self._conn, self._proc, None, None
+        if conn is not None:
+            conn.close()
+        if proc is None:
+            return None
+        try:
+            return proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
+def _exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _peak_rss() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def serve(conn) -> int:
+    """The child's side: load the version named by the first message, then answer predictions."""
+    from . import protocol
+    from .model import LazyModel
+    from .storage import Storage
+
+    _, spec, config = conn.recv()
+    model = LazyModel(spec, config, Storage(config.cache_dir))
+    try:
+        model.get()
+    except Exception as exc:
+        conn.send(_error(exc))
+        return 1
+    conn.send(("loaded", model.phases, model.fetch_stats, _peak_rss()))
+    while True:
+        try:
+            _, instances, kwargs = conn.recv()
+        except (EOFError, OSError):
+            return 0  # the parent went away
+        try:
+            reply = ("ok", protocol.encode(model.predict(instances, kwargs)), _peak_rss())
+        except Exception as exc:
+            reply = _error(exc)
+        conn.send(reply)
+
+
+def _error(exc: Exception) -> tuple:
+    if isinstance(exc, CprError):
+        return ("error", str(exc), exc.status_code, _peak_rss())
+    log.error("unexpected error in the worker process", exc_info=exc)
+    return ("error", "internal error; the details are in the function's log", 500, _peak_rss())
+
+
+def main(argv: list[str]) -> int:
+    from multiprocessing.connection import Connection
+
+    from .logs import configure
+
+    configure()
+    return serve(Connection(int(argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
