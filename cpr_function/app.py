@@ -47,12 +47,14 @@ class App:
         except CprError as exc:
             if exc.status_code >= 500:
                 log.error("%s %s -> %d: %s", request.method, request.path, exc.status_code, exc)
-            status, body = exc.status_code, protocol.error_body(str(exc))
+            status = exc.status_code
+            body = protocol.error_body(str(exc), status, google=_google(request.path))
             headers = {"Allow": exc.allow} if isinstance(exc, _NotAllowed) else {}
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.path)
             status = 500
-            body = protocol.error_body("internal error; the details are in the function's log")
+            message = "internal error; the details are in the function's log"
+            body = protocol.error_body(message, status, google=_google(request.path))
         return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
 
     def _route(self, request) -> tuple[int, bytes]:
@@ -135,6 +137,11 @@ def read_models_file(config: Config) -> Catalog:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"CPR_MODELS: models file {uri} cannot be read: {exc}") from exc
     return catalogs.parse(text, uri)
+
+
+def _google(path: str) -> bool:
+    """Whether the path is one of Google's resource routes, whose clients expect Google's errors."""
+    return "v1/projects/" in path
 
 
 class _NotAllowed(MethodNotAllowed):

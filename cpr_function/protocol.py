@@ -201,6 +201,30 @@ def _json_type(value) -> str:
     return names.get(type(value), "number")
 
 
-def error_body(message: str) -> bytes:
-    """The body of every error response."""
+# google.rpc status names for the HTTP statuses we answer with.
+_RPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    413: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def error_body(message: str, status: int = 500, *, google: bool = False) -> bytes:
+    """The body of every error response.
+
+    Args:
+        message: what went wrong, what was expected and what was received.
+        status: the HTTP status it goes with.
+        google: use Google's error shape, `{"error": {"code", "message", "status"}}`,
+            which Google's client libraries parse into their exceptions; otherwise
+            `{"error": message}`.
+    """
+    if google:
+        rpc = _RPC_STATUS.get(status, "UNKNOWN")
+        return orjson.dumps({"error": {"code": status, "message": message, "status": rpc}})
     return orjson.dumps({"error": message})

@@ -145,6 +145,14 @@ def iris_expected(model_dir: Path, instances, *, centered: bool = True) -> list:
 
 
 @pytest.fixture(scope="session")
+def releases(tmp_path_factory):
+    """Two releases of a routine shipping same-named modules: see routine_source."""
+    from routine_source import build_releases
+
+    return build_releases(tmp_path_factory.mktemp)
+
+
+@pytest.fixture(scope="session")
 def iris_dir(tmp_path_factory) -> Path:
     return train_iris(tmp_path_factory.mktemp("iris") / "model")
 
@@ -165,7 +173,14 @@ def version_status(status: dict, model: str | None = None, version: str | None =
 class FunctionProcess:
     """A real `functions-framework --target predict` process on loopback."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, workers: int | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        workers: int | None = None,
+        threads: int | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -173,6 +188,8 @@ class FunctionProcess:
         full = {**base, "NO_GCE_CHECK": "true", **env}
         if workers:
             full["WORKERS"] = str(workers)
+        if threads:
+            full["THREADS"] = str(threads)
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "predict"]
