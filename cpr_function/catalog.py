@@ -10,6 +10,7 @@ from typing import Any
 from .errors import ConfigError, NotFound
 
 FRAMEWORKS = ("scikit-learn", "xgboost", "tensorflow", "mlflow")
+AUTH_MODES = ("auto", "access-token", "id-token", "none")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _FORWARD = re.compile(
@@ -33,6 +34,10 @@ _VERSION_FIELDS = {
     "apiEndpoint": "api_endpoint",
     "batch_size": "batch_size",
     "batchSize": "batch_size",
+    "concurrency": "concurrency",
+    "timeout": "timeout",
+    "retries": "retries",
+    "auth": "auth",
     "description": "description",
 }
 _MODEL_FIELDS = {
@@ -58,6 +63,10 @@ class VersionSpec:
     forward_to: str | None = None
     api_endpoint: str | None = None
     batch_size: int = 100
+    concurrency: int = 16
+    timeout: float = 60.0
+    retries: int = 5
+    auth: str = "auto"
     description: str = ""
     is_example: bool = False
 
@@ -205,6 +214,9 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
     prediction_class = _text(get, "prediction_class", where)
     framework = _text(get, "framework", where)
     packages = _uris(get("package_uris"), where)
+    auth = (_text(get, "auth", where) or "auto").lower()
+    if auth not in AUTH_MODES:
+        raise ConfigError(f"{where('auth')} must be one of {', '.join(AUTH_MODES)}; got {auth!r}")
     if framework is not None and framework.lower() not in FRAMEWORKS:
         raise ConfigError(
             f"{where('framework')} must be one of {', '.join(FRAMEWORKS)}; got {framework!r}"
@@ -220,6 +232,12 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
             raise ConfigError(
                 f"{where('forward_to')} forwards to a deployed model, so "
                 f"{', '.join(where(f) for f in local)} cannot be set too"
+            )
+        if "/endpoints/" not in forward_to and not get("api_endpoint"):
+            raise ConfigError(
+                f"{where('forward_to')} names an AI Platform v1 model, and ml.googleapis.com "
+                f"was shut down: set {where('api_endpoint')} to the base URL of a server that "
+                "speaks its contract (another cpr-function, for one)"
             )
     elif origin is None:
         raise ConfigError(
@@ -248,6 +266,10 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
         forward_to=forward_to,
         api_endpoint=_endpoint(get("api_endpoint"), where),
         batch_size=_positive(get("batch_size"), where("batch_size"), 100),
+        concurrency=_positive(get("concurrency"), where("concurrency"), 16),
+        timeout=_seconds(get("timeout"), where("timeout"), 60.0),
+        retries=_count(get("retries"), where("retries"), 5),
+        auth=auth,
         description=str(get("description") or ""),
     )
 
@@ -336,6 +358,26 @@ def _positive(raw, name: str, default: int) -> int:
     if value <= 0 or isinstance(raw, bool):
         raise ConfigError(f"{name} must be a positive whole number; got {raw!r}")
     return value
+
+
+def _seconds(raw, name: str, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(str(raw).strip().removesuffix("s"))
+    except ValueError:
+        value = 0.0
+    if not value > 0 or isinstance(raw, bool):
+        raise ConfigError(f"{name} must be a positive number of seconds, such as 30; got {raw!r}")
+    return value
+
+
+def _count(raw, name: str, default: int) -> int:
+    if raw is None:
+        return default
+    if str(raw).strip() == "0":
+        return 0
+    return _positive(raw, name, default)
 
 
 def _kind(value) -> str:

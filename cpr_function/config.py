@@ -30,6 +30,10 @@ SINGLE_MODEL = {
     "forward_to": "CPR_FORWARD_TO",
     "api_endpoint": "CPR_API_ENDPOINT",
     "batch_size": "CPR_BATCH_SIZE",
+    "concurrency": "CPR_FORWARD_CONCURRENCY",
+    "timeout": "CPR_FORWARD_TIMEOUT",
+    "retries": "CPR_FORWARD_RETRIES",
+    "auth": "CPR_FORWARD_AUTH",
 }
 
 KNOWN = (

@@ -51,6 +51,24 @@ class PredictorError(CprError):
     """The predictor raised, or its output cannot be encoded."""
 
 
+class UpstreamError(CprError):
+    """The model forwarded to failed or answered what cannot be used."""
+
+    status_code = 502
+
+
+class UpstreamUnavailable(CprError):
+    """The model forwarded to could not be reached, or kept answering 429 or 503."""
+
+    status_code = 503
+
+
+class UpstreamTimeout(CprError):
+    """The model forwarded to did not answer in time."""
+
+    status_code = 504
+
+
 class Relayed(CprError):
     """An error raised in a model's worker process, carried over with its status."""
 

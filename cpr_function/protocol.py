@@ -128,13 +128,25 @@ def _b64_bytes(text) -> bytes:
     raise BadRequest(f'{{"b64": "{shown}"}} is not valid base64')
 
 
+def dumps(value: Any) -> bytes:
+    """Encodes one value the way responses are encoded; bytes become `{"b64": ...}`.
+
+    Raises:
+        orjson.JSONEncodeError: the value has no JSON form.
+    """
+    return orjson.dumps(value, default=_default, option=_OPTIONS)
+
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def encode(payload: Any) -> bytes:
     """Encodes a response body; NumPy, pandas and bytes values included.
 
     Raises:
         PredictorError: a value has no JSON form.
     """
-    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    options = _OPTIONS
     try:
         return orjson.dumps(payload, default=_default, option=options)
     except orjson.JSONEncodeError:

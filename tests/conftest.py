@@ -299,3 +299,86 @@ def lying_proxy(emulator):
     proxy = LyingProxy(emulator)
     yield proxy
     proxy.close()
+
+
+class FaultProxy:
+    """A real loopback HTTP server in front of an upstream that injects faults into POSTs.
+
+    `fault(body)` is asked for each POST, given its parsed JSON body, and names what to
+    do: None (pass it on), "503", "429", "500", "400" (answer that status), "drop"
+    (close the connection without answering) or "hang" (wait `hang` seconds first).
+    Every POST's instance count is recorded in `batches`.
+    """
+
+    def __init__(self, upstream: str, fault=None, *, hang: float = 0.0):
+        import http.server
+        import json
+        import threading
+        import time
+
+        proxy = self
+        self.fault = fault or (lambda body: None)
+        self.batches: list[int] = []
+        self.faults: list[str] = []
+        self._lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _send(self, status: int, data: bytes, headers=()):
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _pass(self, body: bytes | None):
+                answer = requests.request(
+                    self.command,
+                    upstream + self.path,
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=60,
+                )
+                self._send(answer.status_code, answer.content)
+
+            def do_GET(self):
+                self._pass(None)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parsed = json.loads(body)
+                action = proxy.fault(parsed)
+                with proxy._lock:
+                    proxy.batches.append(len(parsed.get("instances", [])))
+                    if action:
+                        proxy.faults.append(action)
+                if action in ("503", "429", "500", "400"):
+                    error = {"error": {"code": int(action), "message": f"injected {action}"}}
+                    retry = [("Retry-After", "0")] if action == "429" else []
+                    self._send(int(action), json.dumps(error).encode(), retry)
+                elif action == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                else:
+                    if action == "hang":
+                        time.sleep(hang)
+                    self._pass(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

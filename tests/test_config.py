@@ -78,6 +78,19 @@ def test_a_models_file_replaces_the_single_model_settings():
         ),
         ({"CPR_MODEL_NAME": "my model"}, "CPR_MODEL_NAME must be letters, digits"),
         ({"CPR_ORIGN": "x"}, "unknown setting CPR_ORIGN; known settings are CPR_ORIGIN,"),
+        (
+            {"CPR_FORWARD_TO": "projects/p/models/m"},
+            "CPR_FORWARD_TO names an AI Platform v1 model, and ml.googleapis.com was shut down: "
+            "set CPR_API_ENDPOINT",
+        ),
+        (
+            {"CPR_FORWARD_TO": "projects/p/locations/l/endpoints/1", "CPR_FORWARD_AUTH": "x"},
+            "CPR_FORWARD_AUTH must be one of auto, access-token, id-token, none; got 'x'",
+        ),
+        (
+            {"CPR_FORWARD_TO": "projects/p/locations/l/endpoints/1", "CPR_FORWARD_TIMEOUT": "0"},
+            "CPR_FORWARD_TIMEOUT must be a positive number of seconds",
+        ),
         ({"CPR_ISOLATION": "thread"}, "CPR_ISOLATION must be one of auto, process, none"),
         ({"CPR_MEMORY_BUDGET": "lots"}, "CPR_MEMORY_BUDGET must be a size in bytes"),
         (
@@ -94,7 +107,10 @@ def test_a_models_file_replaces_the_single_model_settings():
             "CPR_API_ENDPOINT must be an http:// or https:// base URL",
         ),
         (
-            {"CPR_FORWARD_TO": "projects/p/models/m", "CPR_BATCH_SIZE": "0"},
+            {
+                "CPR_FORWARD_TO": "projects/p/locations/l/endpoints/1",
+                "CPR_BATCH_SIZE": "0",
+            },
             "CPR_BATCH_SIZE must be a positive whole number; got '0'",
         ),
     ],

@@ -1,0 +1,404 @@
+"""Sending instances to a deployed model: batches sent concurrently, retried, joined in order.
+
+The function's forward mode and the client library (`cpr_function.client`) both use it.
+Bodies are raw JSON, so integers reach the upstream as integers (the aiplatform gapic
+client would turn them into floats through protobuf `Value`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from .errors import BadRequest, CprError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+# AI Platform's limit on one online prediction request.
+MAX_BATCH_BYTES = 1_500_000
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """How instances are split and sent.
+
+    Attributes:
+        batch_size: most instances per upstream call.
+        concurrency: most calls in flight at once.
+        timeout: seconds to wait for one call's answer.
+        retries: further attempts after a failed call (429, 5xx, connection errors, timeouts).
+        deadline: seconds one batch may take over all its attempts.
+        backoff: the first wait between attempts; it doubles each time, with full jitter.
+        backoff_max: the longest wait between attempts.
+        max_batch_bytes: most bytes of JSON instances per call.
+    """
+
+    batch_size: int = 100
+    concurrency: int = 16
+    timeout: float = 60.0
+    retries: int = 5
+    deadline: float = 300.0
+    backoff: float = 0.5
+    backoff_max: float = 10.0
+    max_batch_bytes: int = MAX_BATCH_BYTES
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where batches go, and whether the body is Vertex AI's (`parameters`) or v1's."""
+
+    url: str
+    vertex: bool = False
+
+    @classmethod
+    def named(cls, name: str, api_endpoint: str | None) -> Target:
+        """The `:predict` URL of a v1 model or version, or of a Vertex AI endpoint.
+
+        Raises:
+            ValueError: a v1 target has no API endpoint (AI Platform's own is gone).
+        """
+        parts = name.split("/")
+        vertex = len(parts) == 6 and parts[2] == "locations" and parts[4] == "endpoints"
+        if api_endpoint is None:
+            if not vertex:
+                raise ValueError(f"forwarding to {name} needs an API endpoint")
+            api_endpoint = f"https://{parts[3]}-aiplatform.googleapis.com"
+        return cls(f"{api_endpoint.rstrip('/')}/v1/{name}:predict", vertex=vertex)
+
+    def body(self, instances: Sequence[bytes], fields: dict[str, Any]) -> bytes:
+        """A request body from instances already encoded as JSON."""
+        head = b'{"instances":[' + b",".join(instances) + b"]"
+        if not fields:
+            return head + b"}"
+        extra = {"parameters": fields} if self.vertex else fields
+        return head + b"," + _dumps(extra)[1:]
+
+
+class Upstream:
+    """One deployed model, called with retries; safe to share between threads."""
+
+    def __init__(self, target: Target, policy: Policy, *, auth: str = "auto", session=None):
+        self.target = target
+        self.policy = policy
+        self._auth = auth
+        self._session = session
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def call(self, body: bytes, count: int) -> list:
+        """Sends one batch of `count` instances; returns its predictions.
+
+        Raises:
+            CprError: the upstream refused the batch, or kept failing past the retries.
+        """
+        session = self.session()
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            with self._lock:
+                self.calls += 1
+            outcome = self._attempt(session, body, count)
+            if not isinstance(outcome, _Failure):
+                return outcome
+            failure = outcome
+            if not failure.retry:
+                raise failure.error(attempt)
+            wait = min(self.policy.backoff_max, self.policy.backoff * 2 ** (attempt - 1))
+            wait = max(random.uniform(0, wait), min(failure.retry_after, self.policy.backoff_max))
+            spent = time.monotonic() - started
+            if attempt > self.policy.retries or spent + wait > self.policy.deadline:
+                raise failure.error(attempt)
+            log.info("%s; retrying in %.2fs", failure.message, wait)
+            time.sleep(wait)
+
+    def _attempt(self, session, body: bytes, count: int) -> list | _Failure:
+        """One call: the predictions, or what went wrong and whether to try again."""
+        import requests
+
+        url = self.target.url
+        try:
+            answer = session.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=(min(10.0, self.policy.timeout), self.policy.timeout),
+            )
+        except requests.ConnectTimeout:
+            return _Failure(UpstreamUnavailable, f"{url} could not be reached in time", True)
+        except requests.ReadTimeout:
+            message = f"{url} did not answer within {self.policy.timeout:g}s"
+            return _Failure(UpstreamTimeout, message, True)
+        except requests.RequestException as exc:
+            return _Failure(UpstreamUnavailable, f"{url} failed: {_reason(exc)}", True)
+        if answer.status_code != 200:
+            message = f"{url} answered {answer.status_code}: {_message(answer)}"
+            retry = answer.status_code in RETRY_STATUSES
+            kind = _error_for(answer.status_code)
+            return _Failure(kind, message, retry, _retry_after(answer))
+        try:
+            predictions = orjson.loads(answer.content)["predictions"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return _Failure(UpstreamError, f"{url} answered 200 without a predictions list", False)
+        if not isinstance(predictions, list) or len(predictions) != count:
+            got = len(predictions) if isinstance(predictions, list) else "no list of"
+            message = f"{url} answered {got} predictions for {count} instances"
+            return _Failure(UpstreamError, message, False)
+        return predictions
+
+    def session(self):
+        """The HTTP session, made on first use with the credentials `auth` asks for."""
+        with self._lock:
+            if self._session is None:
+                self._session = _session(self._auth, self.target.url, self.policy.concurrency)
+            return self._session
+
+    def get(self, url: str) -> dict:
+        """GETs a resource next to the target (model metadata), without retries.
+
+        Raises:
+            CprError: the upstream failed or answered an error.
+        """
+        import requests
+
+        try:
+            answer = self.session().get(url, timeout=self.policy.timeout)
+        except requests.RequestException as exc:
+            raise UpstreamUnavailable(f"{url} failed: {_reason(exc)}") from exc
+        if answer.status_code != 200:
+            raise _error_for(answer.status_code)(
+                f"{url} answered {answer.status_code}: {_message(answer)}"
+            )
+        return answer.json()
+
+
+def predict(
+    upstream: Upstream,
+    instances: Sequence[Any],
+    fields: dict[str, Any],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list:
+    """Predicts `instances` in batches sent concurrently; the predictions keep their order.
+
+    Args:
+        upstream: the deployed model.
+        instances: the instances (bytes leaves are sent as `{"b64": ...}`).
+        fields: the other request fields (v1: top level; Vertex AI: `parameters`).
+        progress: called with the number of instances of each batch that completes.
+
+    Raises:
+        CprError: a batch failed for good; the message names its instance range.
+            No partial answer is ever returned.
+    """
+    batches = split(instances, upstream.policy)
+    total = len(instances)
+    if len(batches) == 1:
+        return _one(upstream, batches[0], fields, total, progress)
+    results: list[list | None] = [None] * len(batches)
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=min(upstream.policy.concurrency, len(batches)),
+        thread_name_prefix="cpr-forward",
+    )
+    try:
+        futures = {
+            pool.submit(_one, upstream, batch, fields, total, progress): index
+            for index, batch in enumerate(batches)
+        }
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [p for batch in results for p in batch]
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Consecutive instances, `start` being the first one's index, already encoded."""
+
+    start: int
+    encoded: list[bytes]
+
+
+def split(instances: Sequence[Any], policy: Policy) -> list[Batch]:
+    """Cuts instances into batches of at most `batch_size` and `max_batch_bytes`.
+
+    An instance larger than `max_batch_bytes` on its own goes alone; the upstream decides.
+    """
+    batches: list[Batch] = []
+    current: list[bytes] = []
+    size, start = 0, 0
+    for index, instance in enumerate(instances):
+        encoded = _dumps(instance)
+        too_big = size + len(encoded) + 1 > policy.max_batch_bytes
+        if current and (len(current) == policy.batch_size or too_big):
+            batches.append(Batch(start, current))
+            current, size, start = [], 0, index
+        current.append(encoded)
+        size += len(encoded) + 1
+    if current:
+        batches.append(Batch(start, current))
+    return batches
+
+
+def _one(upstream: Upstream, batch: Batch, fields, total: int, progress) -> list:
+    count = len(batch.encoded)
+    try:
+        predictions = upstream.call(upstream.target.body(batch.encoded, fields), count)
+    except CprError as exc:
+        last = batch.start + count - 1
+        raise type(exc)(f"instances {batch.start}-{last} of {total}: {exc}") from exc
+    if progress is not None:
+        progress(count)
+    return predictions
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    kind: type[CprError]
+    message: str
+    retry: bool
+    retry_after: float = 0.0
+
+    def error(self, attempts: int) -> CprError:
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        return self.kind(self.message + tries)
+
+
+def _error_for(status: int) -> type[CprError]:
+    if status in (400, 413):
+        return BadRequest  # the instances themselves were refused: the caller's to fix
+    if status in (429, 503):
+        return UpstreamUnavailable
+    if status == 504:
+        return UpstreamTimeout
+    return UpstreamError
+
+
+def _message(answer) -> str:
+    """The upstream's own error message, from either error shape, or its text."""
+    try:
+        error = answer.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        error = error.get("message")
+    text = str(error) if error else answer.text.strip() or answer.reason or "no message"
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+def _retry_after(answer) -> float:
+    try:
+        return max(0.0, float(answer.headers.get("Retry-After", "")))
+    except ValueError:
+        return 0.0
+
+
+def _reason(exc: Exception) -> str:
+    reason = exc
+    while reason.__context__ is not None and not str(reason):
+        reason = reason.__context__
+    text = str(reason.args[0] if reason.args else reason)
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _dumps(value: Any) -> bytes:
+    from . import protocol
+
+    return protocol.dumps(value)
+
+
+def auth_mode(url: str, auth: str) -> str:
+    """The credentials `auto` picks: none for plain http, an access token for Google APIs,
+    an ID token for other https services (Cloud Functions, Cloud Run)."""
+    if auth != "auto":
+        return auth
+    if url.startswith("http://"):
+        return "none"
+    host = url.split("/")[2].split(":")[0]
+    return "access-token" if host.endswith(".googleapis.com") else "id-token"
+
+
+def _session(auth: str, url: str, pool: int):
+    import requests
+
+    mode = auth_mode(url, auth)
+    if mode == "none":
+        session = requests.Session()
+    else:
+        import google.auth
+        import google.auth.exceptions
+        from google.auth.transport.requests import AuthorizedSession, Request
+
+        try:
+            if mode == "id-token":
+                from google.oauth2 import id_token
+
+                audience = "/".join(url.split("/")[:3])
+                credentials = id_token.fetch_id_token_credentials(audience, request=Request())
+            else:
+                scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+                credentials, _ = google.auth.default(scopes=scopes)
+        except google.auth.exceptions.GoogleAuthError as exc:
+            raise UpstreamError(
+                f"forwarding to {url} needs Google credentials ({mode}) and none were usable: "
+                f"{exc}; on Cloud Functions give the function a service account, locally run "
+                "`gcloud auth application-default login`, or set the auth to none for a "
+                "server that needs no credentials"
+            ) from exc
+        session = AuthorizedSession(credentials)
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(pool, 1))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Forwarder:
+    """A version that is a deployed model elsewhere: the registry's handle for it."""
+
+    memory = None
+
+    def __init__(self, spec):
+        policy = Policy(
+            batch_size=spec.batch_size,
+            concurrency=spec.concurrency,
+            timeout=spec.timeout,
+            retries=spec.retries,
+        )
+        target = Target.named(spec.forward_to, spec.api_endpoint)
+        self.upstream = Upstream(target, policy, auth=spec.auth)
+        self.last_error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    def predict(self, instances: list, kwargs: dict[str, Any]) -> list:
+        """The upstream's predictions, in order, or an error naming the failed instances."""
+        try:
+            predictions = predict(self.upstream, instances, kwargs)
+        except CprError as exc:
+            self.last_error = str(exc)
+            raise
+        self.last_error = None
+        return predictions
+
+    def unload(self) -> None:
+        """Nothing is held in memory."""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "loaded": True,
+            "url": self.upstream.target.url,
+            "auth": auth_mode(self.upstream.target.url, self.upstream._auth),
+            "upstreamCalls": self.upstream.calls,
+            "lastError": self.last_error,
+        }

@@ -1,0 +1,145 @@
+"""Models files: read once at start, and a wrong one names the model, version and field."""
+
+from __future__ import annotations
+
+import pytest
+
+from cpr_function import catalog
+from cpr_function.app import App
+from cpr_function.config import Config
+from cpr_function.errors import ConfigError, NotFound
+
+GOOD = """
+default_model: churn
+models:
+  iris:
+    description: iris classifier
+    default_version: v2
+    versions:
+      v1:
+        origin: gs://b/iris/v1
+        package_uris: [gs://b/p-0.1.tar.gz]
+        prediction_class: predictor.MyPredictor
+      v2: {deploymentUri: gs://b/iris/v2, framework: XGBoost}
+  churn:
+    versions:
+      only: {forward_to: projects/p/locations/us-central1/endpoints/123, batch_size: 50}
+"""
+
+
+def test_a_models_file_in_yaml():
+    parsed = catalog.parse(GOOD, "models.yaml")
+    assert parsed.default_model == "churn"
+    iris = parsed.model("iris")
+    assert iris.default_version == "v2" and iris.description == "iris classifier"
+    v1 = iris.version("v1")
+    assert (v1.origin, v1.package_uris, v1.prediction_class) == (
+        "gs://b/iris/v1",
+        ("gs://b/p-0.1.tar.gz",),
+        "predictor.MyPredictor",
+    )
+    assert iris.version().framework == "xgboost"
+    churn = parsed.model().version()
+    assert (churn.name, churn.forward_to, churn.batch_size, churn.in_process) == (
+        "only",
+        "projects/p/locations/us-central1/endpoints/123",
+        50,
+        False,
+    )
+
+
+def test_json_is_read_too_and_one_version_is_its_own_default():
+    parsed = catalog.parse('{"models": {"m": {"versions": {"a": {"origin": "/x"}}}}}', "m.json")
+    assert parsed.model("m").version().name == "a"
+    assert parsed.default_model == "m"
+
+
+def test_unknown_names_are_404_with_what_exists():
+    parsed = catalog.parse(GOOD, "models.yaml")
+    with pytest.raises(NotFound) as error:
+        parsed.model("nope")
+    assert str(error.value) == "no model named 'nope'; the models served here: iris, churn"
+    with pytest.raises(NotFound) as error:
+        parsed.model("iris").version("v3")
+    assert str(error.value) == "model 'iris' has no version 'v3'; its versions: v1, v2"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("models: [1, 2", "models file f.yaml is not valid YAML or JSON"),
+        ("- a\n- b", "must be a mapping with a non-empty 'models' mapping"),
+        ("models: {}", "must be a mapping with a non-empty 'models' mapping"),
+        (
+            "models: {m: {versions: {a: {origin: /x}}}}\nextra: 1",
+            "models file f.yaml has unknown field 'extra'",
+        ),
+        ("models: {m: [1]}", "model 'm' must be a mapping with a 'versions' mapping"),
+        ("models: {m: {versions: {}}}", "model 'm' has no versions"),
+        ("models: {'bad name': {versions: {a: {origin: /x}}}}", "must be letters, digits"),
+        (
+            "models: {m: {versions: {a: {origin: /x}, b: {origin: /y}}}}",
+            "model 'm' has several versions (a, b); name the one that serves by default",
+        ),
+        (
+            "models: {m: {default_version: c, versions: {a: {origin: /x}}}}",
+            "model 'm': default_version 'c' is not one of its versions: a",
+        ),
+        (
+            "default_model: z\nmodels: {m: {versions: {a: {origin: /x}}}}",
+            "default_model 'z' is not one of the models: m",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, prediction_class: Pred}}}}",
+            "model 'm', version 'a', prediction_class must be module.Class",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, framework: torch}}}}",
+            "model 'm', version 'a', framework must be one of scikit-learn",
+        ),
+        (
+            "models: {m: {versions: {a: {package_uris: [p.tar.gz]}}}}",
+            "model 'm', version 'a', origin must name the model directory",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, package_uris: [p.egg]}}}}",
+            "model 'm', version 'a', package_uris must list .tar.gz, .zip or .whl packages",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, packages: [p.tar.gz]}}}}",
+            "model 'm', version 'a' has unknown field 'packages'; known fields: origin,",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, deploymentUri: /y}}}}",
+            "model 'm', version 'a' sets origin twice",
+        ),
+        (
+            "models: {m: {versions: {a: {forward_to: projects/p/models/q, origin: /x}}}}",
+            "forward_to forwards to a deployed model, so models file f.yaml, model 'm', "
+            "version 'a', origin cannot be set too",
+        ),
+        (
+            "models: {m: {versions: {a: {forward_to: projects/p/locations/l/endpoints/e, "
+            "batch_size: -1}}}}",
+            "model 'm', version 'a', batch_size must be a positive whole number; got -1",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: 5}}}}",
+            "model 'm', version 'a', origin must be a string; got int 5",
+        ),
+    ],
+)
+def test_a_wrong_models_file_names_the_model_version_and_field(text, message):
+    with pytest.raises(ConfigError) as error:
+        catalog.parse(text, "f.yaml")
+    assert message in str(error.value)
+
+
+def test_the_app_reads_the_models_file_at_start(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(GOOD)
+    app = App(Config.from_env({"CPR_MODELS": str(path), "CPR_CACHE_DIR": str(tmp_path)}))
+    assert [m.name for m in app.catalog.models] == ["iris", "churn"]
+    with pytest.raises(ConfigError) as error:
+        App(Config.from_env({"CPR_MODELS": str(tmp_path / "missing.yaml")}))
+    assert str(error.value) == f"CPR_MODELS: models file {tmp_path / 'missing.yaml'} does not exist"

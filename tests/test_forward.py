@@ -1,0 +1,293 @@
+"""Forwarding to a deployed model: batches, order, retries, timeouts; the client and the CLI.
+
+The upstream is a second real function process of ours, speaking the v1 and Vertex AI
+contracts; faults come from a real loopback HTTP server in front of it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, FaultProxy, FunctionProcess, make_tar
+from kit_source import kit_files
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory, iris_dir):
+    """Our function as the deployed model: `iris` (scikit-learn), `echo` and `reprs` (kit)."""
+    tmp = tmp_path_factory.mktemp("upstream")
+    kit = str(make_tar(tmp / "kit-0.1.tar.gz", kit_files()))
+
+    def routine(cls):
+        return {
+            "versions": {
+                "v1": {"origin": str(iris_dir), "package_uris": [kit], "prediction_class": cls}
+            }
+        }
+
+    models = {
+        "iris": {"versions": {"v1": {"origin": str(iris_dir), "framework": "scikit-learn"}}},
+        "echo": routine("kit.Echo"),
+        "reprs": routine("kit.Reprs"),
+    }
+    (tmp / "models.json").write_text(json.dumps({"models": models}))
+    env = {"CPR_MODELS": str(tmp / "models.json"), "CPR_CACHE_DIR": str(tmp / "cache")}
+    fn = FunctionProcess(env, tmp / "upstream.log", threads=16).start()
+    yield fn
+    fn.stop()
+
+
+@pytest.fixture
+def proxy(upstream):
+    made = []
+
+    def make(fault=None, **kwargs) -> FaultProxy:
+        made.append(FaultProxy(upstream.url, fault, **kwargs))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def forwarding(function, target: str, endpoint: str, **env):
+    settings = {"CPR_FORWARD_TO": target, "CPR_API_ENDPOINT": endpoint}
+    return function({**settings, **{f"CPR_{k.upper()}": str(v) for k, v in env.items()}})
+
+
+def rows(count: int, seed: int = 7) -> list[list[float]]:
+    rng = random.Random(seed)
+    return [
+        [round(rng.uniform(4, 8), 1), 3.0, round(rng.uniform(1, 7), 1), 1.0] for _ in range(count)
+    ]
+
+
+def test_ten_thousand_instances_in_a_hundred_calls_keep_their_order(function, upstream, proxy):
+    instances = rows(10_000)
+    direct = upstream.predict({"instances": instances}, path="/v1/projects/p/models/iris:predict")
+    assert direct.status_code == 200
+    counting = proxy()
+    fn = forwarding(function, "projects/p/models/iris", counting.url, batch_size=100)
+    answer = fn.predict({"instances": instances})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == direct.json()["predictions"]
+    assert counting.batches == [100] * 100
+    assert len(set(direct.json()["predictions"])) > 1, "the instances span several classes"
+
+
+def test_integers_and_fields_reach_the_upstream_as_sent(function, proxy):
+    passing = proxy()
+    fn = forwarding(function, "projects/p/models/reprs/versions/v1", passing.url)
+    answer = fn.predict({"instances": [1, 2.5, "x", {"a": 1}, [True, None]]})
+    assert answer.json()["predictions"] == ["1", "2.5", "'x'", "{'a': 1}", "[True, None]"]
+    echo = forwarding(function, "projects/p/models/echo", passing.url, batch_size=2)
+    answer = echo.predict({"instances": [1, 2, 3], "top_k": 2, "b": {"b64": "aGk="}})
+    assert answer.json()["predictions"] == [
+        {"instance": i, "kwargs": {"top_k": 2, "b": {"b64": "aGk="}}} for i in (1, 2, 3)
+    ]
+
+
+def test_a_vertex_endpoint_gets_the_fields_as_parameters(function, proxy):
+    passing = proxy()
+    fn = forwarding(function, "projects/p/locations/us-central1/endpoints/echo", passing.url)
+    answer = fn.predict({"instances": [{"b64": "aGk="}], "top_k": 3})
+    assert answer.json()["predictions"] == [{"instance": {"b64": "aGk="}, "kwargs": {"top_k": 3}}]
+
+
+def test_transient_faults_are_retried_and_nothing_is_lost_or_reordered(function, upstream, proxy):
+    rng = random.Random(3)
+    faulty = proxy(lambda body: rng.choice(["503", "429", "drop"]) if rng.random() < 0.3 else None)
+    instances = rows(2_000, seed=11)
+    direct = upstream.predict({"instances": instances}, path="/v1/projects/p/models/iris:predict")
+    fn = forwarding(
+        function, "projects/p/models/iris", faulty.url, batch_size=50, forward_retries=8
+    )
+    answer = fn.predict({"instances": instances})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == direct.json()["predictions"]
+    assert len(faulty.faults) >= 5, "faults were injected"
+    assert faulty.calls == 40 + len(faulty.faults), "each fault cost one more call, no more"
+
+
+def test_a_batch_that_keeps_failing_fails_the_request_naming_its_range(function, proxy):
+    failing = proxy(lambda body: "503" if 150 in body["instances"] else None)
+    fn = forwarding(
+        function, "projects/p/models/reprs", failing.url, batch_size=100, forward_retries=2
+    )
+    answer = fn.predict({"instances": list(range(300))})
+    assert answer.status_code == 503
+    assert answer.json() == {
+        "error": f"instances 100-199 of 300: {failing.url}/v1/projects/p/models/reprs:predict "
+        "answered 503: injected 503 (after 3 attempts)"
+    }
+    assert failing.faults == ["503"] * 3, "the retry budget: one call and two retries"
+    again = fn.predict({"instances": [1]})
+    assert again.json() == {"predictions": ["1"]}, "the function keeps serving"
+
+
+def test_an_upstream_that_does_not_answer_in_time_is_504(function, proxy):
+    slow = proxy(lambda body: "hang" if body["instances"] == [2] else None, hang=3)
+    fn = forwarding(
+        function,
+        "projects/p/models/reprs",
+        slow.url,
+        batch_size=1,
+        forward_timeout=0.5,
+        forward_retries=1,
+    )
+    answer = fn.predict({"instances": [1, 2, 3]})
+    assert answer.status_code == 504
+    assert answer.json()["error"] == (
+        f"instances 1-1 of 3: {slow.url}/v1/projects/p/models/reprs:predict did not answer "
+        "within 0.5s (after 2 attempts)"
+    )
+
+
+@pytest.mark.parametrize(
+    "fault,status,retried",
+    [("400", 400, False), ("500", 502, True), ("drop", 503, True)],
+)
+def test_upstream_errors_are_surfaced_with_whose_fault_it_is(
+    function, proxy, fault, status, retried
+):
+    failing = proxy(lambda body: fault)
+    fn = forwarding(function, "projects/p/models/reprs", failing.url, forward_retries=1)
+    answer = fn.predict({"instances": [1]})
+    assert answer.status_code == status
+    message = answer.json()["error"]
+    assert message.startswith(f"instances 0-0 of 1: {failing.url}/v1/projects/p/models/reprs")
+    if fault != "drop":
+        assert f"answered {fault}: injected {fault}" in message
+    assert failing.calls == (2 if retried else 1)
+
+
+def test_the_upstream_error_message_of_a_failing_predictor_is_passed_on(function, upstream):
+    fn = forwarding(function, "projects/p/models/iris", upstream.url, forward_retries=0)
+    answer = fn.predict({"instances": [[1, 2]]})
+    assert answer.status_code == 502
+    assert (
+        "/v1/projects/p/models/iris:predict answered 500: prediction failed:"
+        in (answer.json()["error"])
+    )
+
+
+def test_googleapiclient_against_a_forwarding_function(function, upstream):
+    from google.auth.credentials import AnonymousCredentials
+    from googleapiclient import discovery
+
+    fn = forwarding(function, "projects/p/models/reprs", upstream.url, model_name="relay")
+    ml = discovery.build(
+        "ml",
+        "v1",
+        client_options={"api_endpoint": fn.url},
+        credentials=AnonymousCredentials(),
+        cache_discovery=False,
+    )
+    try:
+        answer = ml.projects().predict(name="projects/p/models/relay", body={"instances": [7]})
+        assert answer.execute() == {"predictions": ["7"]}
+        version = ml.projects().models().versions().get(name="projects/p/models/relay/versions/v1")
+        assert version.execute()["forwardTo"] == "projects/p/models/reprs"
+    finally:
+        ml.close()
+
+
+def test_the_client_library_batches_in_order(upstream, proxy):
+    from cpr_function import client
+
+    counting = proxy()
+    instances = list(range(95))
+    predictions = client.predict(
+        instances, model="projects/p/models/reprs", api_endpoint=counting.url, batch_size=10
+    )
+    assert predictions == [repr(i) for i in instances]
+    assert sorted(counting.batches) == [5] + [10] * 9
+    by_url = client.predict([[1]], url=f"{upstream.url}/v1/projects/p/models/echo:predict", k=1)
+    assert by_url == [{"instance": [1], "kwargs": {"k": 1}}]
+    assert client.default_version("projects/p/models/iris", api_endpoint=upstream.url) == (
+        "projects/p/models/iris/versions/v1"
+    )
+    meta = client.model_meta("projects/p/models/iris", api_endpoint=upstream.url)
+    assert meta["defaultVersion"]["framework"] == "SCIKIT_LEARN"
+
+
+def test_the_cli_end_to_end(upstream, tmp_path):
+    lines = tmp_path / "instances.jsonl"
+    lines.write_text("\n".join(json.dumps(i) for i in range(250)) + "\n\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "cpr_function", "predict", "--json-instances", str(lines)]
+        + ["--model", "projects/p/models/reprs", "--api-endpoint", upstream.url]
+        + ["--batch-size", "40"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [json.loads(x) for x in run.stdout.splitlines()] == [repr(i) for i in range(250)]
+    assert "250/250" in run.stderr, "progress goes to stderr"
+
+    output = tmp_path / "out.jsonl"
+    run = subprocess.run(
+        [sys.executable, "-m", "cpr_function", "predict", "--json-instances", str(lines)]
+        + ["--url", f"{upstream.url}/v1/projects/p/models/reprs:predict"]
+        + ["--output", str(output), "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "" and run.stderr == ""
+    assert [json.loads(x) for x in output.read_text().splitlines()] == [repr(i) for i in range(250)]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('[1, 2]\n{"a": 1\n', "instances.jsonl line 2 is not a JSON instance"),
+        ("\n\n", "instances.jsonl holds no instances"),
+    ],
+)
+def test_the_cli_names_a_malformed_line(tmp_path, content, message):
+    lines = tmp_path / "instances.jsonl"
+    lines.write_text(content)
+    run = subprocess.run(
+        [sys.executable, "-m", "cpr_function", "predict", "--json-instances", str(lines)]
+        + ["--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert message in run.stderr
+
+
+def test_in_process_serving_never_imports_forwarding_nor_forwarding_aiplatform(upstream):
+    script = (
+        "import os, sys, functions_framework\n"
+        "client = functions_framework.create_app('predict', 'main.py').test_client()\n"
+        "answer = client.post('/', json={'instances': [[5.1, 3.5, 1.4, 0.2]]})\n"
+        "assert answer.status_code == 200, answer.get_json()\n"
+        "print(sorted(m for m in ('cpr_function.forward', 'google.cloud.aiplatform', "
+        "'cpr_function.worker') if m in sys.modules))\n"
+    )
+    base = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CPR_")}
+    plain = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=base
+    )
+    assert plain.stdout.strip() == "[]", plain.stderr
+    forward = {
+        **base,
+        "CPR_FORWARD_TO": "projects/p/models/iris",
+        "CPR_API_ENDPOINT": upstream.url,
+    }
+    relayed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=forward
+    )
+    assert relayed.stdout.strip() == "['cpr_function.forward']", relayed.stderr
