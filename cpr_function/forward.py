@@ -94,8 +94,13 @@ class Upstream:
         self._lock = threading.Lock()
         self.calls = 0
 
-    def call(self, body: bytes, count: int) -> list:
+    def call(self, body: bytes, count: int, stop: threading.Event | None = None) -> list:
         """Sends one batch of `count` instances; returns its predictions.
+
+        Args:
+            body: the request body.
+            count: how many instances it holds.
+            stop: once set (another batch of the request failed), no retry is made.
 
         Raises:
             CprError: the upstream refused the batch, or kept failing past the retries.
@@ -118,7 +123,10 @@ class Upstream:
             if attempt > self.policy.retries or spent + wait > self.policy.deadline:
                 raise failure.error(attempt)
             log.info("%s; retrying in %.2fs", failure.message, wait)
-            time.sleep(wait)
+            if stop is not None and stop.wait(wait):
+                raise failure.error(attempt)
+            if stop is None:
+                time.sleep(wait)
 
     def _attempt(self, session, body: bytes, count: int) -> list | _Failure:
         """One call: the predictions, or what went wrong and whether to try again."""
@@ -200,9 +208,9 @@ def predict(
             No partial answer is ever returned.
     """
     batches = split(instances, upstream.policy)
-    total = len(instances)
+    total, stop = len(instances), threading.Event()
     if len(batches) == 1:
-        return _one(upstream, batches[0], fields, total, progress)
+        return _one(upstream, batches[0], fields, total, progress, stop)
     results: list[list | None] = [None] * len(batches)
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=min(upstream.policy.concurrency, len(batches)),
@@ -210,11 +218,14 @@ def predict(
     )
     try:
         futures = {
-            pool.submit(_one, upstream, batch, fields, total, progress): index
+            pool.submit(_one, upstream, batch, fields, total, progress, stop): index
             for index, batch in enumerate(batches)
         }
         for future in concurrent.futures.as_completed(futures):
             results[futures[future]] = future.result()
+    except BaseException:
+        stop.set()  # batches still in flight make no further attempts
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [p for batch in results for p in batch]
@@ -249,10 +260,10 @@ def split(instances: Sequence[Any], policy: Policy) -> list[Batch]:
     return batches
 
 
-def _one(upstream: Upstream, batch: Batch, fields, total: int, progress) -> list:
+def _one(upstream: Upstream, batch: Batch, fields, total: int, progress, stop) -> list:
     count = len(batch.encoded)
     try:
-        predictions = upstream.call(upstream.target.body(batch.encoded, fields), count)
+        predictions = upstream.call(upstream.target.body(batch.encoded, fields), count, stop)
     except CprError as exc:
         last = batch.start + count - 1
         raise type(exc)(f"instances {batch.start}-{last} of {total}: {exc}") from exc

@@ -129,6 +129,35 @@ def test_a_batch_that_keeps_failing_fails_the_request_naming_its_range(function,
     assert again.json() == {"predictions": ["1"]}, "the function keeps serving"
 
 
+def test_batches_stay_under_one_and_a_half_megabytes(proxy):
+    from cpr_function import client
+
+    counting = proxy()
+    instances = [f"{i}" + "x" * 400_000 for i in range(10)]
+    predictions = client.predict(
+        instances, model="projects/p/models/reprs", api_endpoint=counting.url, batch_size=100
+    )
+    assert predictions == [repr(i) for i in instances]
+    assert sorted(counting.batches) == [1, 3, 3, 3], "three 400 kB instances fit, four do not"
+
+
+def test_once_a_batch_has_failed_the_others_stop_retrying(function, proxy):
+    # Batch 0 fails at once (400); the others keep answering 503 and would retry for long.
+    failing = proxy(lambda body: "400" if 0 in body["instances"] else "503")
+    fn = forwarding(
+        function,
+        "projects/p/models/reprs",
+        failing.url,
+        batch_size=1,
+        forward_concurrency=4,
+        forward_retries=50,
+    )
+    answer = fn.predict({"instances": [0, 1, 2, 3]})
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("instances 0-0 of 4:")
+    assert failing.calls < 20, f"{failing.calls} calls: the retry budget of the others was spent"
+
+
 def test_an_upstream_that_does_not_answer_in_time_is_504(function, proxy):
     slow = proxy(lambda body: "hang" if body["instances"] == [2] else None, hang=3)
     fn = forwarding(
