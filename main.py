@@ -1,8 +1,9 @@
 """Cloud Functions entry point: `functions-framework --target predict`.
 
-Importing this file reads the configuration and nothing else: no download and
-no model load happen before the first request, so the gunicorn master that
-imports it before forking workers stays light.
+Importing this file reads the configuration (and a models file) and nothing else: no
+model is downloaded or loaded before the first request, so the gunicorn master that
+imports it before forking workers stays light. With CPR_WARMUP, each worker starts
+loading right after the fork.
 """
 
 import os
@@ -11,8 +12,11 @@ from cpr_function.app import App
 from cpr_function.config import Config
 from cpr_function.logs import configure
 
-configure()
-_app = App(Config.from_env(os.environ))
+_config = Config.from_env(os.environ)
+configure(_config.log_format)
+_app = App(_config)
+if _config.warmup != "none":
+    os.register_at_fork(after_in_child=_app.warm_up)
 
 
 def predict(request):

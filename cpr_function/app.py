@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 from . import catalog as catalogs
-from . import protocol, resources, routes
+from . import logs, protocol, resources, routes
 from .catalog import Catalog
 from .config import Config
 from .errors import ConfigError, CprError, MethodNotAllowed
@@ -41,9 +43,11 @@ class App:
         """Answers one Flask request; every error becomes `{"error": ...}` here and only here."""
         import flask
 
-        headers = {}
+        started = time.perf_counter()
+        token = logs.TRACE.set(logs.trace_from(request.headers.get("X-Cloud-Trace-Context")))
+        headers, note = {}, {}
         try:
-            status, body = self._route(request)
+            status, body = self._route(request, note)
         except CprError as exc:
             if exc.status_code >= 500:
                 log.error("%s %s -> %d: %s", request.method, request.path, exc.status_code, exc)
@@ -55,26 +59,61 @@ class App:
             status = 500
             message = "internal error; the details are in the function's log"
             body = protocol.error_body(message, status, google=_google(request.path))
-        return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
+        try:
+            return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
+        finally:
+            _log_request(request, status, time.perf_counter() - started, note)
+            logs.TRACE.reset(token)
 
-    def _route(self, request) -> tuple[int, bytes]:
+    def _route(self, request, note: dict) -> tuple[int, bytes]:
         route = routes.match(request.path)
         action = route.actions.get(request.method)
         if action is None:
             raise _NotAllowed(request.method, route.path, tuple(route.actions))
-        return 200, protocol.encode(self._actions[action](request, route))
+        return 200, protocol.encode(self._actions[action](request, route, note))
+
+    def warm_up(self) -> None:
+        """Loads the versions `CPR_WARMUP` names in a background thread of this process.
+
+        Called in each worker right after gunicorn forks it, never in the master.
+        """
+        import threading
+
+        if self.config.warmup == "all":
+            specs = [v for v in self.catalog.versions() if v.in_process]
+        else:
+            specs = [self.catalog.model().version()]
+
+        def run() -> None:
+            for spec in specs:
+                log.info(
+                    "warm-up: loading model %s version %s in process %d",
+                    spec.model,
+                    spec.name,
+                    os.getpid(),
+                )
+                try:
+                    self.registry.load(spec)
+                except CprError as exc:
+                    log.error("warm-up of %s failed: %s", spec.key, exc)
+
+        threading.Thread(target=run, name="cpr-warmup", daemon=True).start()
 
     # Predictions
 
-    def _predict(self, request, route: routes.Route) -> dict[str, Any]:
+    def _predict(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         spec = self.catalog.model(route.model).version(route.version)
+        note.update(model=spec.model, version=spec.name)
         instances, kwargs = protocol.parse_predict(self._body(request))
+        note["instances"] = len(instances)
         return {"predictions": self.registry.predict(spec, instances, kwargs)}
 
-    def _vertex_predict(self, request, route: routes.Route) -> dict[str, Any]:
+    def _vertex_predict(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         model = self.catalog.model(route.model)
         spec = model.version()
+        note.update(model=spec.model, version=spec.name)
         instances, kwargs = protocol.parse_vertex(self._body(request))
+        note["instances"] = len(instances)
         predictions = self.registry.predict(spec, instances, kwargs)
         extra = resources.prediction(route.project, route.location, model, spec)
         return {"predictions": predictions, **extra}
@@ -86,15 +125,15 @@ class App:
 
     # Resources
 
-    def _list_models(self, request, route: routes.Route) -> dict[str, Any]:
+    def _list_models(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         state = self.registry.state
         return {"models": [resources.model(route.project, m, state) for m in self.catalog.models]}
 
-    def _get_model(self, request, route: routes.Route) -> dict[str, Any]:
+    def _get_model(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         model = self.catalog.model(route.model)
         return resources.model(route.project, model, self.registry.state)
 
-    def _list_versions(self, request, route: routes.Route) -> dict[str, Any]:
+    def _list_versions(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         model = self.catalog.model(route.model)
         state = self.registry.state
         return {
@@ -103,16 +142,16 @@ class App:
             ]
         }
 
-    def _get_version(self, request, route: routes.Route) -> dict[str, Any]:
+    def _get_version(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         model = self.catalog.model(route.model)
         spec = model.version(route.version)
         return resources.version(route.project, model, spec, self.registry.state(spec))
 
-    def _get_endpoint(self, request, route: routes.Route) -> dict[str, Any]:
+    def _get_endpoint(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         model = self.catalog.model(route.model)
         return resources.endpoint(route.project, route.location, model)
 
-    def _status(self, request, route: routes.Route) -> dict[str, Any]:
+    def _status(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         return self.status()
 
     def status(self) -> dict[str, Any]:
@@ -137,6 +176,29 @@ def read_models_file(config: Config) -> Catalog:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"CPR_MODELS: models file {uri} cannot be read: {exc}") from exc
     return catalogs.parse(text, uri)
+
+
+def _log_request(request, status: int, seconds: float, note: dict) -> None:
+    latency = f"{seconds:.6f}s"
+    log.info(
+        "%s %s -> %d in %.1f ms",
+        request.method,
+        request.path,
+        status,
+        seconds * 1000,
+        extra=logs.fields(
+            httpRequest={
+                "requestMethod": request.method,
+                "requestUrl": request.path,
+                "status": status,
+                "latency": latency,
+                "userAgent": request.headers.get("User-Agent", ""),
+            },
+            status=status,
+            latencyMs=round(seconds * 1000, 3),
+            **note,
+        ),
+    )
 
 
 def _google(path: str) -> bool:

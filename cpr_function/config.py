@@ -48,7 +48,11 @@ KNOWN = (
     "CPR_LEGACY_COMPAT",
     "CPR_ISOLATION",
     "CPR_MEMORY_BUDGET",
+    "CPR_LOG_FORMAT",
+    "CPR_WARMUP",
 )
+LOG_FORMATS = ("auto", "json", "text")
+WARMUPS = ("none", "default", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,8 @@ class Config:
     legacy_compat: bool = True
     isolation: str = "auto"
     memory_budget: int | None = None
+    log_format: str = "auto"
+    warmup: str = "none"
     is_example: bool = False
 
     @classmethod
@@ -92,6 +98,17 @@ class Config:
                 f"CPR_ISOLATION must be one of {', '.join(ISOLATIONS)}; got {raw_isolation!r}"
             )
         budget = get("CPR_MEMORY_BUDGET")
+        log_format = _choice(get, "CPR_LOG_FORMAT", LOG_FORMATS, "auto")
+        warmup = (get("CPR_WARMUP") or "none").lower()
+        warmup = {"true": "default", "1": "default", "yes": "default", "on": "default"}.get(
+            warmup, {"false": "none", "0": "none", "no": "none", "off": "none"}.get(warmup, warmup)
+        )
+        if warmup not in WARMUPS:
+            raise ConfigError(
+                "CPR_WARMUP must be true (load the default model's default version when a "
+                "worker starts), all (every version) or false; "
+                f"got {get('CPR_WARMUP')!r}"
+            )
         settings = dict(
             max_model_bytes=_size(get, "CPR_MAX_MODEL_BYTES", cls.max_model_bytes),
             max_request_bytes=_size(get, "CPR_MAX_REQUEST_BYTES", cls.max_request_bytes),
@@ -100,6 +117,8 @@ class Config:
             legacy_compat=_flag(get, "CPR_LEGACY_COMPAT", True),
             isolation=isolation,
             memory_budget=_size(get, "CPR_MEMORY_BUDGET", 0) if budget else None,
+            log_format=log_format,
+            warmup=warmup,
         )
         model = catalog.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
         version = catalog.check_name(get("CPR_VERSION_NAME") or "v1", "CPR_VERSION_NAME")
@@ -147,6 +166,7 @@ class Config:
             "legacyCompat": self.legacy_compat,
             "isolation": self.isolation,
             "memoryBudgetBytes": self.memory_budget,
+            "warmup": self.warmup,
         }
 
 
@@ -166,6 +186,15 @@ def _size(get, name: str, default: int) -> int:
     if value <= 0:
         raise ConfigError(f"{name} must be a positive size; got {raw!r}")
     return value
+
+
+def _choice(get, name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = get(name)
+    if raw is None:
+        return default
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return raw.lower()
 
 
 def _flag(get, name: str, default: bool) -> bool:

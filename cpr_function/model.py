@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import frameworks, legacy, packages, predictor
+from . import frameworks, legacy, logs, packages, predictor
 from .catalog import VersionSpec
 from .config import Config
 from .errors import CprError, LoadError, PredictorError
@@ -157,8 +157,15 @@ class LazyModel:
         try:
             yield
         finally:
-            self.phases[name] = round(time.perf_counter() - start, 6)
-            log.info("cold start phase %s took %.3fs", name, self.phases[name])
+            self.phases[name] = seconds = round(time.perf_counter() - start, 6)
+            extra = {"phase": name, "seconds": seconds, "model": self.spec.model}
+            extra["version"] = self.spec.name
+            if name == "download":
+                extra["bytes"] = self.fetch_stats.get("downloadedBytes", 0)
+                extra["totalBytes"] = self.fetch_stats.get("totalBytes", 0)
+            if name == "unpack":
+                extra["packagesUnpacked"] = self.fetch_stats.get("unpacked", 0)
+            log.info("cold start phase %s took %.3fs", name, seconds, extra=logs.fields(**extra))
 
     def status(self) -> dict[str, Any]:
         """What `GET /` shows of this version."""

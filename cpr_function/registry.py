@@ -60,6 +60,17 @@ class Registry:
         self._used(spec.key)
         return predictions
 
+    def load(self, spec: VersionSpec) -> None:
+        """Loads a version ahead of its first request (warm-up).
+
+        Raises:
+            CprError: the version failed to load.
+        """
+        handle = self._handles[spec.key]
+        if hasattr(handle, "get"):
+            handle.get()
+            self._used(spec.key)
+
     def handle(self, spec: VersionSpec):
         return self._handles[spec.key]
 

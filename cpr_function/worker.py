@@ -182,10 +182,12 @@ def _peak_rss() -> int:
 def serve(conn) -> int:
     """The child's side: load the version named by the first message, then answer predictions."""
     from . import protocol
+    from .logs import configure
     from .model import LazyModel
     from .storage import Storage
 
     _, spec, config = conn.recv()
+    configure(config.log_format)
     model = LazyModel(spec, config, Storage(config.cache_dir))
     try:
         model.get()
@@ -215,9 +217,6 @@ def _error(exc: Exception) -> tuple:
 def main(argv: list[str]) -> int:
     from multiprocessing.connection import Connection
 
-    from .logs import configure
-
-    configure()
     return serve(Connection(int(argv[1])))
 
 

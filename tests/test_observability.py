@@ -1,0 +1,87 @@
+"""What operators see: structured logs with the request's trace, and warm-up at worker start."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import IRIS, iris_expected
+
+
+def entries(fn) -> list[dict]:
+    """The function's JSON log lines (gunicorn's own lines are skipped)."""
+    return [json.loads(x) for x in fn.log().splitlines() if x.startswith("{")]
+
+
+def test_json_logs_carry_the_trace_phases_and_one_entry_per_request(function, iris_dir, tmp_path):
+    fn = function(
+        {
+            "CPR_ORIGIN": str(iris_dir),
+            "CPR_FRAMEWORK": "scikit-learn",
+            "CPR_CACHE_DIR": str(tmp_path / "c"),
+            "CPR_MODEL_NAME": "iris",
+            "GOOGLE_CLOUD_PROJECT": "my-project",
+        }
+    )
+    trace = {"X-Cloud-Trace-Context": "0af7651916cd43dd8448eb211c80319c/12345;o=1"}
+    answer = fn.predict({"instances": IRIS}, headers=trace)
+    assert answer.json() == {"predictions": iris_expected(iris_dir, IRIS, centered=False)}
+    fn.predict({"instances": "nope"})
+    logged = entries(fn)
+    assert all({"severity", "message", "time"} <= set(e) for e in logged)
+
+    requests_logged = [e for e in logged if "httpRequest" in e]
+    first, second = requests_logged[0], requests_logged[1]
+    assert first["logging.googleapis.com/trace"] == (
+        "projects/my-project/traces/0af7651916cd43dd8448eb211c80319c"
+    )
+    assert first["logging.googleapis.com/spanId"] == "12345"
+    assert (first["model"], first["version"], first["instances"], first["status"]) == (
+        "iris",
+        "v1",
+        3,
+        200,
+    )
+    assert first["httpRequest"]["requestMethod"] == "POST" and first["latencyMs"] > 0
+    assert second["status"] == 400 and "logging.googleapis.com/trace" not in second
+
+    phases = {e["phase"]: e for e in logged if "phase" in e}
+    assert set(phases) == {"download", "unpack", "import", "from_path"}
+    assert phases["download"]["totalBytes"] > 0 and phases["from_path"]["seconds"] >= 0
+    assert all(
+        p["logging.googleapis.com/trace"].endswith("0af7651916cd43dd8448eb211c80319c")
+        for p in phases.values()
+    ), "the cold start is logged under the request that caused it"
+
+
+def test_text_logs_when_asked(function, iris_dir, tmp_path):
+    fn = function(
+        {
+            "CPR_ORIGIN": str(iris_dir),
+            "CPR_FRAMEWORK": "scikit-learn",
+            "CPR_CACHE_DIR": str(tmp_path / "c"),
+            "CPR_LOG_FORMAT": "text",
+        }
+    )
+    fn.predict({"instances": IRIS})
+    assert entries(fn) == []
+    assert " INFO cpr_function.app: POST / -> 200 in " in fn.log()
+
+
+def test_warm_up_loads_in_the_worker_before_any_request(function, iris_dir, tmp_path):
+    fn = function(
+        {
+            "CPR_ORIGIN": str(iris_dir),
+            "CPR_FRAMEWORK": "scikit-learn",
+            "CPR_CACHE_DIR": str(tmp_path / "c"),
+            "CPR_WARMUP": "true",
+        }
+    )
+    deadline = time.monotonic() + 60
+    while not fn.version_status()["loaded"]:
+        assert time.monotonic() < deadline, "warm-up did not load the model"
+        time.sleep(0.1)
+    warm = [e for e in entries(fn) if e["message"].startswith("warm-up: loading")]
+    assert len(warm) == 1
+    assert warm[0]["pid"] != fn.proc.pid, "loaded in the forked worker, not the master"
+    assert fn.predict({"instances": IRIS}).status_code == 200
