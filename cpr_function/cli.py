@@ -58,7 +58,51 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", metavar="FILE", help="write predictions here, not stdout")
     predict.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     predict.set_defaults(run=_predict)
+
+    local = commands.add_parser(
+        "local-predict",
+        help="load a model directory and packages exactly as the function does, and predict",
+        description="Like `gcloud ai-platform local predict`: downloads, unpacks and loads "
+        "with the function's own code, then writes one prediction per line.",
+    )
+    _model_flags(local)
+    local.add_argument("--json-instances", required=True, metavar="FILE")
+    local.set_defaults(run=_local_predict)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration: download, unpack, load, and predict one instance",
+        description="Checks the model given by flags, or else every version the CPR_* "
+        "environment configures, and reports each step with its time.",
+    )
+    _model_flags(check, required=False)
+    check.add_argument("--instance", metavar="JSON", help="one instance to predict, as JSON")
+    check.set_defaults(run=_check)
+
+    serve = commands.add_parser(
+        "serve", help="run the function locally with functions-framework (CPR_* from the env)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_positive, default=8080)
+    serve.add_argument("--workers", type=_positive, help="gunicorn worker processes")
+    serve.add_argument("--threads", type=_positive, help="threads per worker")
+    serve.add_argument("--debug", action="store_true", help="Flask's debug server instead")
+    serve.set_defaults(run=_serve)
     return parser
+
+
+def _model_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--model-dir", required=required, help="gs://bucket/prefix, a local directory or file://"
+    )
+    parser.add_argument("--package-uris", help="comma-separated .tar.gz, .zip or .whl packages")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--prediction-class", help="module.Class of your predictor")
+    kind.add_argument("--framework", help="scikit-learn, xgboost, tensorflow or mlflow")
+    parser.add_argument("--cache-dir", help="cache root (CPR_CACHE_DIR's default otherwise)")
+    parser.add_argument(
+        "--install-dependencies", action="store_true", help="pip-install declared dependencies"
+    )
 
 
 def _predict(args) -> int:
@@ -87,6 +131,100 @@ def _predict(args) -> int:
         sys.stdout.buffer.write(lines)
         sys.stdout.flush()
     return 0
+
+
+_FLAGS = {
+    "origin": "--model-dir",
+    "package_uris": "--package-uris",
+    "prediction_class": "--prediction-class",
+    "framework": "--framework",
+}
+
+
+def _flag_config(args):
+    """The configuration and the one version the model flags describe."""
+    import dataclasses
+
+    from . import catalog
+    from .config import Config
+    from .errors import ConfigError
+
+    fields = {f: getattr(args, f.replace("origin", "model_dir")) for f in _FLAGS}
+    try:
+        spec = catalog.version_spec("local", "v1", fields, lambda f: _FLAGS.get(f, f))
+    except ConfigError as exc:
+        raise _Usage(str(exc)) from exc
+    config = Config(install_dependencies=args.install_dependencies)
+    if args.cache_dir:
+        config = dataclasses.replace(config, cache_dir=Path(args.cache_dir))
+    return config, spec
+
+
+def _local_predict(args) -> int:
+    from . import protocol
+    from .logs import configure
+    from .model import LazyModel
+    from .storage import Storage
+
+    configure("text")
+    config, spec = _flag_config(args)
+    instances = _read_instances(args.json_instances)
+    model = LazyModel(spec, config, Storage(config.cache_dir))
+    predictions = orjson.loads(protocol.encode(model.predict(instances, {})))
+    if not isinstance(predictions, list):
+        raise _Usage(f"the predictor returned a {type(predictions).__name__}, not a list")
+    sys.stdout.buffer.write(b"".join(orjson.dumps(p) + b"\n" for p in predictions))
+    sys.stdout.flush()
+    return 0
+
+
+def _check(args) -> int:
+    import os
+
+    from .check import report
+    from .config import Config
+    from .errors import ConfigError
+    from .logs import configure
+
+    configure("text", level=30)  # the report says what happened; warnings still show
+    instance = None
+    if args.instance is not None:
+        try:
+            instance = orjson.loads(args.instance)
+        except orjson.JSONDecodeError as exc:
+            raise _Usage(f"--instance is not JSON ({exc}): {args.instance[:80]}") from None
+    if args.model_dir:
+        config, spec = _flag_config(args)
+        specs = [spec]
+    else:
+        try:
+            config = Config.from_env(os.environ)
+            specs = None
+        except ConfigError as exc:
+            print(f"FAIL configuration: {exc}")
+            return 1
+    ok = report(config, specs, instance, sys.stdout)
+    return 0 if ok else 1
+
+
+def _serve(args) -> int:
+    import os
+
+    repo = Path(__file__).resolve().parent.parent
+    main = repo / "main.py"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(repo), os.environ.get("PYTHONPATH")) if p
+    )
+    command = [sys.executable, "-m", "functions_framework", "--target", "predict"]
+    command += ["--source", str(main), "--host", args.host, "--port", str(args.port)]
+    if args.debug:
+        command.append("--debug")
+    if args.workers:
+        os.environ["WORKERS"] = str(args.workers)
+    if args.threads:
+        os.environ["THREADS"] = str(args.threads)
+    os.execv(sys.executable, command)
+    return 0  # not reached
 
 
 def _read_instances(name: str) -> list:

@@ -43,6 +43,7 @@ class LazyModel:
         self.phases: dict[str, float] = {}
         self.fetch_stats: dict[str, int] = {}
         self.last_error: str | None = None
+        self.failed_phase: str | None = None
 
     @property
     def loaded(self) -> bool:
@@ -156,6 +157,9 @@ class LazyModel:
         start = time.perf_counter()
         try:
             yield
+        except BaseException:
+            self.failed_phase = name
+            raise
         finally:
             self.phases[name] = seconds = round(time.perf_counter() - start, 6)
             extra = {"phase": name, "seconds": seconds, "model": self.spec.model}
