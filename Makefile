@@ -19,3 +19,4 @@ test: $(BIN)/.installed lint  ## lint, then every test
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/shellcheck deploy.sh .ci/run
