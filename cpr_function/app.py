@@ -26,7 +26,7 @@ class App:
     def __init__(self, config: Config, *, storage: Storage | None = None):
         self.config = config
         storage = storage or Storage(config.cache_dir)
-        self.catalog = config.catalog or read_models_file(config)
+        self.catalog = load_catalog(config)
         self.registry = Registry(self.catalog, config, storage)
         self._actions = {
             "status": self._status,
@@ -159,12 +159,15 @@ class App:
         return {"config": self.config.describe(), **self.registry.status()}
 
 
-def read_models_file(config: Config) -> Catalog:
-    """Reads and checks the `CPR_MODELS` file, from a local path or Cloud Storage.
+def load_catalog(config: Config) -> Catalog:
+    """The configured models: from the single-model settings, or the `CPR_MODELS` file
+    read and checked from a local path or Cloud Storage.
 
     Raises:
         ConfigError: the file cannot be read, or is not a valid models file.
     """
+    if config.catalog is not None:
+        return config.catalog
     uri = config.models_file
     # A storage client of its own: this runs at import, in the gunicorn master, before the fork.
     storage = Storage(config.cache_dir)

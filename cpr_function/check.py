@@ -20,10 +20,10 @@ def report(config: Config, specs: Sequence[VersionSpec] | None, instance: Any, o
         Whether every step of every version succeeded.
     """
     if specs is None:
-        from .app import read_models_file
+        from .app import load_catalog
 
         try:
-            catalog = config.catalog or read_models_file(config)
+            catalog = load_catalog(config)
         except CprError as exc:
             print(f"FAIL configuration: {exc}", file=out)
             return False

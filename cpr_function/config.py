@@ -100,9 +100,10 @@ class Config:
         budget = get("CPR_MEMORY_BUDGET")
         log_format = _choice(get, "CPR_LOG_FORMAT", LOG_FORMATS, "auto")
         warmup = (get("CPR_WARMUP") or "none").lower()
-        warmup = {"true": "default", "1": "default", "yes": "default", "on": "default"}.get(
-            warmup, {"false": "none", "0": "none", "no": "none", "off": "none"}.get(warmup, warmup)
-        )
+        if warmup in _TRUE:
+            warmup = "default"
+        elif warmup in _FALSE:
+            warmup = "none"
         if warmup not in WARMUPS:
             raise ConfigError(
                 "CPR_WARMUP must be true (load the default model's default version when a "

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from .errors import BadRequest, CprError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from .protocol import dumps
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Target:
         if not fields:
             return head + b"}"
         extra = {"parameters": fields} if self.vertex else fields
-        return head + b"," + _dumps(extra)[1:]
+        return head + b"," + dumps(extra)[1:]
 
 
 class Upstream:
@@ -89,7 +90,7 @@ class Upstream:
     def __init__(self, target: Target, policy: Policy, *, auth: str = "auto", session=None):
         self.target = target
         self.policy = policy
-        self._auth = auth
+        self.auth = auth
         self._session = session
         self._lock = threading.Lock()
         self.calls = 0
@@ -106,6 +107,7 @@ class Upstream:
             CprError: the upstream refused the batch, or kept failing past the retries.
         """
         session = self.session()
+        stop = stop or threading.Event()
         started, attempt = time.monotonic(), 0
         while True:
             attempt += 1
@@ -123,10 +125,8 @@ class Upstream:
             if attempt > self.policy.retries or spent + wait > self.policy.deadline:
                 raise failure.error(attempt)
             log.info("%s; retrying in %.2fs", failure.message, wait)
-            if stop is not None and stop.wait(wait):
+            if stop.wait(wait):
                 raise failure.error(attempt)
-            if stop is None:
-                time.sleep(wait)
 
     def _attempt(self, session, body: bytes, count: int) -> list | _Failure:
         """One call: the predictions, or what went wrong and whether to try again."""
@@ -166,7 +166,7 @@ class Upstream:
         """The HTTP session, made on first use with the credentials `auth` asks for."""
         with self._lock:
             if self._session is None:
-                self._session = _session(self._auth, self.target.url, self.policy.concurrency)
+                self._session = _session(self.auth, self.target.url, self.policy.concurrency)
             return self._session
 
     def get(self, url: str) -> dict:
@@ -248,7 +248,7 @@ def split(instances: Sequence[Any], policy: Policy) -> list[Batch]:
     current: list[bytes] = []
     size, start = 0, 0
     for index, instance in enumerate(instances):
-        encoded = _dumps(instance)
+        encoded = dumps(instance)
         too_big = size + len(encoded) + 1 > policy.max_batch_bytes
         if current and (len(current) == policy.batch_size or too_big):
             batches.append(Batch(start, current))
@@ -319,12 +319,6 @@ def _reason(exc: Exception) -> str:
         reason = reason.__context__
     text = str(reason.args[0] if reason.args else reason)
     return f"{type(exc).__name__}: {text[:200]}"
-
-
-def _dumps(value: Any) -> bytes:
-    from . import protocol
-
-    return protocol.dumps(value)
 
 
 def auth_mode(url: str, auth: str) -> str:
@@ -409,7 +403,7 @@ class Forwarder:
         return {
             "loaded": True,
             "url": self.upstream.target.url,
-            "auth": auth_mode(self.upstream.target.url, self.upstream._auth),
+            "auth": auth_mode(self.upstream.target.url, self.upstream.auth),
             "upstreamCalls": self.upstream.calls,
             "lastError": self.last_error,
         }

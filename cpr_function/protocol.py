@@ -146,14 +146,13 @@ def encode(payload: Any) -> bytes:
     Raises:
         PredictorError: a value has no JSON form.
     """
-    options = _OPTIONS
     try:
-        return orjson.dumps(payload, default=_default, option=options)
+        return dumps(payload)
     except orjson.JSONEncodeError:
         pass
     try:
         # Slow path: keys orjson cannot take (NumPy scalars) become their string form.
-        return orjson.dumps(_str_keys(payload), default=_default, option=options)
+        return dumps(_str_keys(payload))
     except (orjson.JSONEncodeError, RecursionError) as exc:
         raise PredictorError(
             f"the predictor's output cannot be encoded as JSON: {exc}; return lists, "

@@ -71,9 +71,6 @@ class Registry:
             handle.get()
             self._used(spec.key)
 
-    def handle(self, spec: VersionSpec):
-        return self._handles[spec.key]
-
     def state(self, spec: VersionSpec) -> tuple[str, str | None]:
         """The version's v1 state: READY unless its last load failed."""
         error = getattr(self._handles[spec.key], "last_error", None)

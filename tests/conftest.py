@@ -301,6 +301,20 @@ def lying_proxy(emulator):
     proxy.close()
 
 
+def ml_v1(url: str):
+    """googleapiclient's AI Platform `ml` v1 client pointed at `url`, as users build it."""
+    from google.auth.credentials import AnonymousCredentials
+    from googleapiclient import discovery
+
+    return discovery.build(
+        "ml",
+        "v1",
+        client_options={"api_endpoint": url},
+        credentials=AnonymousCredentials(),
+        cache_discovery=False,
+    )
+
+
 class FaultProxy:
     """A real loopback HTTP server in front of an upstream that injects faults into POSTs.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import requests
+from conftest import ml_v1
 from google.auth.credentials import AnonymousCredentials
 from routine_source import expected, models_file, routine_versions, without_pid
 
@@ -33,15 +34,7 @@ def served(releases, tmp_path_factory):
 
 @pytest.fixture
 def ml(served):
-    from googleapiclient import discovery
-
-    client = discovery.build(
-        "ml",
-        "v1",
-        client_options={"api_endpoint": served.url},
-        credentials=AnonymousCredentials(),
-        cache_discovery=False,
-    )
+    client = ml_v1(served.url)
     yield client
     client.close()
 

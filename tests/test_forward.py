@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, FaultProxy, FunctionProcess, make_tar
+from conftest import REPO, FaultProxy, FunctionProcess, make_tar, ml_v1
 from kit_source import kit_files
 
 
@@ -205,17 +205,8 @@ def test_the_upstream_error_message_of_a_failing_predictor_is_passed_on(function
 
 
 def test_googleapiclient_against_a_forwarding_function(function, upstream):
-    from google.auth.credentials import AnonymousCredentials
-    from googleapiclient import discovery
-
     fn = forwarding(function, "projects/p/models/reprs", upstream.url, model_name="relay")
-    ml = discovery.build(
-        "ml",
-        "v1",
-        client_options={"api_endpoint": fn.url},
-        credentials=AnonymousCredentials(),
-        cache_discovery=False,
-    )
+    ml = ml_v1(fn.url)
     try:
         answer = ml.projects().predict(name="projects/p/models/relay", body={"instances": [7]})
         assert answer.execute() == {"predictions": ["7"]}
