@@ -104,19 +104,20 @@ class App:
     def _predict(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         spec = self.catalog.model(route.model).version(route.version)
         note.update(model=spec.model, version=spec.name)
-        instances, kwargs = protocol.parse_predict(self._body(request))
-        note["instances"] = len(instances)
-        return {"predictions": self.registry.predict(spec, instances, kwargs)}
+        payload = protocol.parse_body(self._body(request))
+        note["instances"] = protocol.count(payload)
+        return self.registry.respond(spec, payload)
 
     def _vertex_predict(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         model = self.catalog.model(route.model)
         spec = model.version()
         note.update(model=spec.model, version=spec.name)
-        instances, kwargs = protocol.parse_vertex(self._body(request))
-        note["instances"] = len(instances)
-        predictions = self.registry.predict(spec, instances, kwargs)
-        extra = resources.prediction(route.project, route.location, model, spec)
-        return {"predictions": predictions, **extra}
+        payload = protocol.parse_body(self._body(request))
+        note["instances"] = protocol.count(payload)
+        body = self.registry.respond(spec, payload, vertex=True)
+        if not isinstance(body, dict):
+            return body
+        return {**body, **resources.prediction(route.project, route.location, model, spec)}
 
     def _body(self, request) -> bytes:
         return protocol.read_body(

@@ -64,7 +64,7 @@ def _version(config: Config, spec: VersionSpec, instance: Any, out: TextIO) -> b
     if instance is None:
         print("  --   predict    not run: give --instance to try one", file=out)
         return True
-    return _predict(lambda: model.predict([instance], {}), out)
+    return _predict(lambda: model.respond({"instances": [instance]}), out)
 
 
 def _forward(spec: VersionSpec, instance: Any, out: TextIO) -> bool:
@@ -75,7 +75,7 @@ def _forward(spec: VersionSpec, instance: Any, out: TextIO) -> bool:
     if instance is None:
         print("  --   predict    not run: give --instance to call the upstream", file=out)
         return True
-    return _predict(lambda: forwarder.predict([instance], {}), out)
+    return _predict(lambda: forwarder.respond({"instances": [instance]}), out)
 
 
 def _predict(call, out: TextIO) -> bool:

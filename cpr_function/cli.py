@@ -170,9 +170,10 @@ def _local_predict(args) -> int:
     config, spec = _flag_config(args)
     instances = _read_instances(args.json_instances)
     model = LazyModel(spec, config, Storage(config.cache_dir))
-    predictions = orjson.loads(protocol.encode(model.predict(instances, {})))
+    body = orjson.loads(protocol.encode(model.respond({"instances": instances})))
+    predictions = body.get("predictions") if isinstance(body, dict) else None
     if not isinstance(predictions, list):
-        raise _Usage(f"the predictor returned a {type(predictions).__name__}, not a list")
+        raise _Usage(f'the model answered {str(body)[:200]}, not {{"predictions": [...]}}')
     sys.stdout.buffer.write(b"".join(orjson.dumps(p) + b"\n" for p in predictions))
     sys.stdout.flush()
     return 0

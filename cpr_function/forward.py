@@ -386,15 +386,21 @@ class Forwarder:
     def loaded(self) -> bool:
         return True
 
-    def predict(self, instances: list, kwargs: dict[str, Any]) -> list:
+    def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> dict[str, Any]:
         """The upstream's predictions, in order, or an error naming the failed instances."""
+        from . import protocol
+
+        instances, kwargs = protocol.instances_of(payload, vertex=vertex)
         try:
             predictions = predict(self.upstream, instances, kwargs)
         except CprError as exc:
             self.last_error = str(exc)
             raise
         self.last_error = None
-        return predictions
+        return {"predictions": predictions}
+
+    def schemas(self) -> None:
+        """The upstream's schemas are not known here."""
 
     def unload(self) -> None:
         """Nothing is held in memory."""

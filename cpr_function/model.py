@@ -67,22 +67,32 @@ class LazyModel:
                     raise
         return self._predictor
 
-    def predict(self, instances: list, kwargs: dict[str, Any]) -> Any:
-        """Runs the predictor on decoded instances.
+    def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> Any:
+        """The response body for a decoded request body.
 
         Raises:
             LoadError: the model could not be loaded.
+            BadRequest: the body does not fit the model.
             PredictorError: the predictor raised.
         """
         model = self.get()
         try:
-            return model.predict(instances, **kwargs)
+            return model.respond(payload, vertex=vertex)
         except CprError:
             raise
         except (Exception, SystemExit) as exc:
             # SystemExit too: user code calling sys.exit() must not take the worker down.
             log.exception("predictor raised")
             raise PredictorError(f"prediction failed: {legacy.describe(exc)}") from exc
+
+    def schemas(self) -> dict[str, Any] | None:
+        """The JSON schemas of the version's request and response bodies, when it declares them.
+
+        Raises:
+            LoadError: the model could not be loaded.
+        """
+        describe = getattr(self.get(), "schemas", None)
+        return describe() if describe is not None else None
 
     def unload(self) -> None:
         """Drops the loaded predictor; the next request loads it again."""

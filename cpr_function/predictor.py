@@ -1,4 +1,10 @@
-"""The predictor contract users already wrote for AI Platform, and finding their class."""
+"""The predictor contracts users already wrote (AI Platform's, Vertex AI's); finding their class.
+
+Whatever serves a version, it is a servable: `respond(payload, vertex=)` takes
+the decoded request body and returns the response body. `Routine` adapts
+AI Platform's `predict(instances, **kwargs)`; `VertexRoutine` adapts Vertex AI's
+`load / preprocess / predict / postprocess`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from . import legacy
+from . import legacy, protocol
 from .errors import LoadError
 
 
@@ -22,6 +28,54 @@ class Predictor(Protocol):
     @classmethod
     def from_path(cls, model_dir: str) -> Predictor:
         """Loads the artifacts in `model_dir` and returns a ready predictor."""
+
+
+class VertexPredictor(Protocol):
+    """What `google.cloud.aiplatform.prediction.Predictor` subclasses implement."""
+
+    def load(self, artifacts_uri: str) -> None:
+        """Loads the artifacts found at `artifacts_uri`."""
+
+    def preprocess(self, prediction_input: Any) -> Any:
+        """Turns the request body into the input of `predict`."""
+
+    def predict(self, instances: Any) -> Any:
+        """Predicts on what `preprocess` returned."""
+
+    def postprocess(self, prediction_results: Any) -> Any:
+        """Turns what `predict` returned into the response body."""
+
+
+class Servable(Protocol):
+    """A loaded version, whatever its kind: a request body in, a response body out."""
+
+    def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> Any:
+        """The response body for a decoded request body."""
+
+
+class Routine:
+    """Serves a predictor with AI Platform's `predict(instances, **kwargs)`."""
+
+    def __init__(self, predictor: Any):
+        self.predictor = predictor
+
+    def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> dict[str, Any]:
+        instances, kwargs = protocol.instances_of(payload, vertex=vertex)
+        return {"predictions": self.predictor.predict(instances, **kwargs)}
+
+
+class VertexRoutine:
+    """Serves a Vertex AI predictor: the whole body to `preprocess`, `postprocess`'s result back."""
+
+    def __init__(self, predictor: Any):
+        self.predictor = predictor
+
+    def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> Any:
+        predictor = self.predictor
+        # Vertex AI's base class passes both through unchanged; a class need not define them.
+        preprocess = getattr(predictor, "preprocess", _same)
+        postprocess = getattr(predictor, "postprocess", _same)
+        return postprocess(predictor.predict(preprocess(payload)))
 
 
 def activate(roots: Sequence[Path], provided: Sequence[str]) -> None:
@@ -76,34 +130,55 @@ def resolve(class_path: str, provided: Sequence[str]) -> type:
             f"prediction class {class_path}: module {module_name!r} has no attribute "
             f"{class_name!r}; classes it defines: {found}"
         )
+    if _is_vertex(cls):
+        return cls
     missing = [m for m in ("from_path", "predict") if not callable(getattr(cls, m, None))]
     if missing:
         raise LoadError(
             f"prediction class {class_path} must define from_path(model_dir) and "
-            f"predict(instances, **kwargs); it lacks {' and '.join(missing)}"
+            f"predict(instances, **kwargs) as AI Platform's predictors do, or load(artifacts_uri) "
+            f"and predict(instances) as Vertex AI's do; it lacks {' and '.join(missing)}"
         )
     return cls
+
+
+def _is_vertex(cls: type) -> bool:
+    """Vertex AI's predictors load with `load`; AI Platform's with the class method `from_path`."""
+    has = {m for m in ("from_path", "load", "predict") if callable(getattr(cls, m, None))}
+    return has == {"load", "predict"}
 
 
 def _import_failed(class_path: str, exc: BaseException) -> LoadError:
     return LoadError(f"importing prediction class {class_path} failed: {legacy.describe(exc)}")
 
 
-def construct(cls: type, model_dir: Path) -> Predictor:
-    """Calls the user's `from_path`.
+def construct(cls: type, model_dir: Path) -> Servable:
+    """Builds the user's predictor: `from_path(model_dir)`, or for a Vertex AI
+    predictor `cls()` then `load(model_dir)`.
 
     Raises:
-        LoadError: `from_path` raised, or returned something without `predict`.
+        LoadError: loading raised, or `from_path` returned something without `predict`.
     """
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if _is_vertex(cls):
+        try:
+            predictor = cls()
+            predictor.load(str(model_dir))
+        except (Exception, SystemExit) as exc:
+            raise LoadError(f"{name}.load failed: {legacy.describe(exc)}") from exc
+        return VertexRoutine(predictor)
     try:
         predictor = cls.from_path(str(model_dir))
     except (Exception, SystemExit) as exc:
-        raise LoadError(
-            f"{cls.__module__}.{cls.__qualname__}.from_path failed: {legacy.describe(exc)}"
-        ) from exc
+        raise LoadError(f"{name}.from_path failed: {legacy.describe(exc)}") from exc
     if not callable(getattr(predictor, "predict", None)):
         raise LoadError(
-            f"{cls.__module__}.{cls.__qualname__}.from_path must return an object with "
+            f"{name}.from_path must return an object with "
             f"predict(); it returned {type(predictor).__name__}"
         )
-    return predictor
+    return Routine(predictor)
+
+
+def _same(value: Any) -> Any:
+    """Vertex AI's default `preprocess` and `postprocess`."""
+    return value

@@ -37,15 +37,11 @@ def _too_large(size, max_bytes: int) -> str:
     )
 
 
-def parse_predict(body: bytes) -> tuple[list, dict[str, Any]]:
-    """Splits a predict body into its instances and the other fields.
-
-    Returns:
-        The instances with `{"b64": ...}` leaves decoded to bytes, and every other
-        top-level field as keyword arguments for `predict`.
+def parse_body(body: bytes) -> dict[str, Any]:
+    """Decodes a predict body, which must be a JSON object.
 
     Raises:
-        BadRequest: the body is not a JSON object with a non-empty `instances` list.
+        BadRequest: the body is empty, not JSON, or not a JSON object.
     """
     if not body.strip():
         raise BadRequest('request body is empty; expected a JSON object {"instances": [...]}')
@@ -57,30 +53,41 @@ def parse_predict(body: bytes) -> tuple[list, dict[str, Any]]:
         ) from None
     if not isinstance(payload, dict):
         raise BadRequest(
-            f"request body is a JSON {_json_type(payload)}; "
+            f"request body is a JSON {json_type(payload)}; "
             'expected an object {"instances": [...]}'
         )
-    if "instances" not in payload:
-        fields = ", ".join(sorted(payload)) or "none"
-        raise BadRequest(f'request body has no "instances" field; fields received: {fields}')
-    instances = payload.pop("instances")
-    if not isinstance(instances, list):
-        raise BadRequest(f'"instances" must be a list; received a JSON {_json_type(instances)}')
-    if not instances:
-        raise BadRequest('"instances" is an empty list; send at least one instance')
-    if b'"b64"' in body:
-        instances = _decode_b64(instances)
-    return instances, payload
+    return payload
 
 
-def parse_vertex(body: bytes) -> tuple[list, dict[str, Any]]:
-    """Splits a Vertex AI predict body: `instances`, and `parameters` as keyword arguments.
+def instances_of(payload: dict[str, Any], *, vertex: bool = False) -> tuple[list, dict[str, Any]]:
+    """Splits a predict body into its instances and the keyword arguments for `predict`.
+
+    Args:
+        payload: the decoded body; left unchanged.
+        vertex: the body came to a Vertex AI route: only `instances` and
+            `parameters` may be there, and `parameters` holds the keyword arguments.
+            Otherwise every top-level field but `instances` is one, as in AI Platform.
+
+    Returns:
+        The instances with `{"b64": ...}` leaves decoded to bytes, and the keyword arguments.
 
     Raises:
-        BadRequest: the body is malformed, `parameters` is not an object, or other
-            fields are present (Vertex AI refuses them too).
+        BadRequest: there is no non-empty `instances` list, or the other fields are wrong.
     """
-    instances, fields = parse_predict(body)
+    fields = dict(payload)
+    if "instances" not in fields:
+        received = ", ".join(sorted(fields)) or "none"
+        raise BadRequest(f'request body has no "instances" field; fields received: {received}')
+    instances = fields.pop("instances")
+    if not isinstance(instances, list):
+        raise BadRequest(f'"instances" must be a list; received a JSON {json_type(instances)}')
+    if not instances:
+        raise BadRequest('"instances" is an empty list; send at least one instance')
+    instances = decode_b64(instances)
+    return instances, (_parameters(fields) if vertex else fields)
+
+
+def _parameters(fields: dict[str, Any]) -> dict[str, Any]:
     parameters = fields.pop("parameters", None)
     if fields:
         raise BadRequest(
@@ -88,16 +95,27 @@ def parse_vertex(body: bytes) -> tuple[list, dict[str, Any]]:
             f"{', '.join(sorted(fields))}"
         )
     if parameters is None:
-        return instances, {}
+        return {}
     if not isinstance(parameters, dict):
         raise BadRequest(
             f'"parameters" must be a JSON object of keyword arguments; received a JSON '
-            f"{_json_type(parameters)}"
+            f"{json_type(parameters)}"
         )
-    return instances, parameters
+    return parameters
 
 
-def _decode_b64(value):
+def count(payload: dict[str, Any]) -> int | None:
+    """How many instances a body holds, for the request log; None when it has no list."""
+    instances = payload.get("instances", payload.get("inputs"))
+    return len(instances) if isinstance(instances, list) else None
+
+
+def decode_b64(value):
+    """`value` with every `{"b64": "<base64>"}` leaf decoded to bytes.
+
+    Raises:
+        BadRequest: a b64 value is not base64, or the value is nested too deeply.
+    """
     try:
         return _decode(value)
     except RecursionError:
@@ -117,7 +135,7 @@ def _decode(value):
 def _b64_bytes(text) -> bytes:
     if not isinstance(text, str):
         raise BadRequest(
-            f'a {{"b64": ...}} value must be a base64 string; received a JSON {_json_type(text)}'
+            f'a {{"b64": ...}} value must be a base64 string; received a JSON {json_type(text)}'
         )
     for altchars in (None, b"-_"):
         try:
@@ -207,7 +225,7 @@ def _pandas(value):
     raise TypeError(f"Type is not JSON serializable: pandas {type(value).__name__}")
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
 

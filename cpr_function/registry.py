@@ -49,16 +49,27 @@ class Registry:
             return ProcessModel(spec, self._config)
         return LazyModel(spec, self._config, storage, claim=self._claim)
 
-    def predict(self, spec: VersionSpec, instances: list, kwargs: dict[str, Any]) -> Any:
-        """Runs a version's predictor, loading it first if needed.
+    def respond(self, spec: VersionSpec, payload: dict[str, Any], *, vertex: bool = False) -> Any:
+        """A version's response body for a decoded request body, loading it first if needed.
 
         Raises:
-            CprError: the version failed to load, or its predictor failed.
+            CprError: the version failed to load, the body does not fit it, or its
+                predictor failed.
         """
         handle = self._handles[spec.key]
-        predictions = handle.predict(instances, kwargs)
+        body = handle.respond(payload, vertex=vertex)
         self._used(spec.key)
-        return predictions
+        return body
+
+    def schemas(self, spec: VersionSpec) -> dict[str, Any] | None:
+        """The request and response schemas a version declares, loading it if needed.
+
+        Raises:
+            CprError: the version failed to load.
+        """
+        schemas = self._handles[spec.key].schemas()
+        self._used(spec.key)
+        return schemas
 
     def load(self, spec: VersionSpec) -> None:
         """Loads a version ahead of its first request (warm-up).

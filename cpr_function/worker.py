@@ -64,21 +64,35 @@ class ProcessModel:
         with self._lock:
             self._ensure_loaded()
 
-    def predict(self, instances: list, kwargs: dict[str, Any]):
-        """The predictions as an encoded JSON fragment.
+    def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> Any:
+        """The response body, its values already encoded to JSON by the child.
 
         Raises:
             CprError: loading or predicting failed, with the status the child gave.
         """
         import orjson
 
+        encoded = self._ask(("respond", payload, vertex), "predicting")
+        if isinstance(encoded, dict):
+            return {key: orjson.Fragment(value) for key, value in encoded.items()}
+        return orjson.Fragment(encoded)
+
+    def schemas(self) -> dict[str, Any] | None:
+        """The request and response schemas the version declares, if any.
+
+        Raises:
+            CprError: loading failed, with the status the child gave.
+        """
+        return self._ask(("schemas",), "describing the model")
+
+    def _ask(self, message: tuple, doing: str) -> Any:
         with self._lock:
             self._ensure_loaded()
-            reply = self._call(("predict", instances, kwargs), "predicting")
+            reply = self._call(message, doing)
             self.memory = reply[-1]
             if reply[0] == "error":
                 raise Relayed(reply[1], reply[2])
-            return orjson.Fragment(reply[1])
+            return reply[1]
 
     def unload(self) -> None:
         """Ends the child; the next request starts a new one."""
@@ -181,7 +195,6 @@ def _peak_rss() -> int:
 
 def serve(conn) -> int:
     """The child's side: load the version named by the first message, then answer predictions."""
-    from . import protocol
     from .logs import configure
     from .model import LazyModel
     from .storage import Storage
@@ -197,14 +210,28 @@ def serve(conn) -> int:
     conn.send(("loaded", model.phases, model.fetch_stats, _peak_rss()))
     while True:
         try:
-            _, instances, kwargs = conn.recv()
+            kind, *args = conn.recv()
         except (EOFError, OSError):
             return 0  # the parent went away
         try:
-            reply = ("ok", protocol.encode(model.predict(instances, kwargs)), _peak_rss())
+            if kind == "schemas":
+                result = model.schemas()
+            else:
+                result = _encoded(model.respond(args[0], vertex=args[1]))
+            reply = ("ok", result, _peak_rss())
         except Exception as exc:
             reply = _error(exc)
         conn.send(reply)
+
+
+def _encoded(body: Any) -> Any:
+    """The body encoded here, in the child: each top-level value of an object on its own,
+    so that the parent can add fields to it."""
+    from . import protocol
+
+    if isinstance(body, dict):
+        return {key: protocol.encode(value) for key, value in body.items()}
+    return protocol.encode(body)
 
 
 def _error(exc: Exception) -> tuple:

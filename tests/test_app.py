@@ -152,7 +152,9 @@ def test_predictor_failures_are_500_and_serving_goes_on(kit, cls, message):
         ("Missing", "module 'kit' has no attribute 'Missing'; classes it defines: "),
         (
             "NoPredict",
-            "must define from_path(model_dir) and predict(instances, **kwargs); it lacks predict",
+            "must define from_path(model_dir) and predict(instances, **kwargs) as AI Platform's "
+            "predictors do, or load(artifacts_uri) and predict(instances) as Vertex AI's do; "
+            "it lacks predict",
         ),
         ("BrokenLoad", "kit.BrokenLoad.from_path failed: OSError: artifact weights.bin is missing"),
         (

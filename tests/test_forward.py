@@ -33,6 +33,7 @@ def upstream(tmp_path_factory, iris_dir):
         "iris": {"versions": {"v1": {"origin": str(iris_dir), "framework": "scikit-learn"}}},
         "echo": routine("kit.Echo"),
         "reprs": routine("kit.Reprs"),
+        "raising": routine("kit.Raising"),
     }
     (tmp / "models.json").write_text(json.dumps({"models": models}))
     env = {"CPR_MODELS": str(tmp / "models.json"), "CPR_CACHE_DIR": str(tmp / "cache")}
@@ -195,12 +196,22 @@ def test_upstream_errors_are_surfaced_with_whose_fault_it_is(
 
 
 def test_the_upstream_error_message_of_a_failing_predictor_is_passed_on(function, upstream):
-    fn = forwarding(function, "projects/p/models/iris", upstream.url, forward_retries=0)
+    fn = forwarding(function, "projects/p/models/raising", upstream.url, forward_retries=0)
     answer = fn.predict({"instances": [[1, 2]]})
     assert answer.status_code == 502
     assert (
-        "/v1/projects/p/models/iris:predict answered 500: prediction failed:"
-        in (answer.json()["error"])
+        "/v1/projects/p/models/raising:predict answered 500: prediction failed: "
+        "ValueError: instance 0 has the wrong shape" in answer.json()["error"]
+    )
+
+
+def test_an_upstream_refusing_the_input_is_a_bad_request_here_too(function, upstream):
+    fn = forwarding(function, "projects/p/models/iris", upstream.url, forward_retries=0)
+    answer = fn.predict({"instances": [[1, 2]]})
+    assert answer.status_code == 400
+    assert (
+        "/v1/projects/p/models/iris:predict answered 400: the model takes rows of 4 features; "
+        "received instances of shape [1, 2]" in answer.json()["error"]
     )
 
 
