@@ -37,6 +37,7 @@ class App:
             "list_versions": self._list_versions,
             "get_version": self._get_version,
             "get_endpoint": self._get_endpoint,
+            "openapi": self._openapi,
         }
 
     def __call__(self, request) -> Any:
@@ -122,6 +123,27 @@ class App:
     def _body(self, request) -> bytes:
         return protocol.read_body(
             request.stream, request.content_length, self.config.max_request_bytes
+        )
+
+    def _openapi(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
+        from . import openapi
+
+        model = self.catalog.model(route.model)
+        spec = model.version(route.version)
+        note.update(model=spec.model, version=spec.name)
+        if route.project is None:
+            paths = ["/predict", "/"]
+        else:
+            base = f"/v1/projects/{route.project}/models/{model.name}"
+            paths = [f"{base}/versions/{spec.name}:predict"]
+            if spec.name == model.default_version:
+                paths.insert(0, f"{base}:predict")
+        return openapi.document(
+            title=f"model {spec.model} version {spec.name}",
+            server=route.prefix,
+            paths=paths,
+            schemas=self.registry.schemas(spec),
+            google_errors=route.project is not None,
         )
 
     # Resources

@@ -15,6 +15,8 @@ _MODEL = _V1 + r"/models/(?P<model>[^/:]+)"
 _ENDPOINT = _V1 + r"/locations/(?P<location>[^/]+)/endpoints/(?P<model>[^/:]+)"
 
 _TABLE = [
+    (_MODEL + r"/versions/(?P<version>[^/:]+)/openapi\.json", {"GET": "openapi"}),
+    (_MODEL + r"/openapi\.json", {"GET": "openapi"}),
     (_ENDPOINT + r":predict", {"POST": "vertex_predict"}),
     (_ENDPOINT + r":rawPredict", {"POST": "predict"}),
     (_ENDPOINT, {"GET": "get_endpoint"}),
@@ -26,6 +28,7 @@ _TABLE = [
     (_V1 + r"/models", {"GET": "list_models"}),
     (r"^", {"GET": "status", "POST": "predict"}),
     (r"(?:^|/)predict", {"POST": "predict"}),
+    (r"(?:^|/)openapi\.json", {"GET": "openapi"}),
 ]
 _COMPILED = [(re.compile(pattern + "$"), actions) for pattern, actions in _TABLE]
 
@@ -40,6 +43,7 @@ class Route:
     location: str | None = None
     model: str | None = None
     version: str | None = None
+    prefix: str = ""
 
 
 def match(path: str) -> Route:
@@ -52,8 +56,10 @@ def match(path: str) -> Route:
     for pattern, actions in _COMPILED:
         found = pattern.search(trimmed)
         if found:
-            return Route(path=trimmed or "/", actions=actions, **found.groupdict())
+            prefix = trimmed[: found.start()]
+            return Route(trimmed or "/", actions, prefix=prefix, **found.groupdict())
     raise NotFound(
         f"no route for {path}; expected POST / or POST /predict, GET / for status, or an "
-        "AI Platform v1 or Vertex AI route such as POST /v1/projects/P/models/M:predict"
+        "AI Platform v1 or Vertex AI route such as POST /v1/projects/P/models/M:predict, or "
+        "GET /openapi.json"
     )
