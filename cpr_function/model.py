@@ -13,7 +13,7 @@ from typing import Any
 from . import frameworks, legacy, logs, packages, predictor
 from .catalog import VersionSpec
 from .config import Config
-from .errors import CprError, LoadError, PredictorError
+from .errors import CprError, LoadError, PredictorError, Relayed
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,10 @@ class LazyModel:
         except CprError:
             raise
         except (Exception, SystemExit) as exc:
+            status = _client_error_status(exc)
+            if status is not None:
+                # A Vertex AI predictor refusing its input, as it would on Vertex AI.
+                raise Relayed(f"the predictor refused the request: {exc.detail}", status) from exc
             # SystemExit too: user code calling sys.exit() must not take the worker down.
             log.exception("predictor raised")
             raise PredictorError(f"prediction failed: {legacy.describe(exc)}") from exc
@@ -189,3 +193,12 @@ class LazyModel:
             "cache": dict(self.fetch_stats),
             "lastError": self.last_error,
         }
+
+
+def _client_error_status(exc: BaseException) -> int | None:
+    """The 4xx status of an HTTP exception a predictor raised (Vertex AI predictors raise
+    FastAPI's `HTTPException(status_code=400, detail=...)` for bad input); None otherwise."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 400 <= status < 500 and hasattr(exc, "detail"):
+        return status
+    return None
