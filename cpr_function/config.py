@@ -50,6 +50,7 @@ KNOWN = (
     "CPR_MEMORY_BUDGET",
     "CPR_LOG_FORMAT",
     "CPR_WARMUP",
+    "CPR_PREDICT_TIMEOUT",
 )
 LOG_FORMATS = ("auto", "json", "text")
 WARMUPS = ("none", "default", "all")
@@ -74,6 +75,7 @@ class Config:
     memory_budget: int | None = None
     log_format: str = "auto"
     warmup: str = "none"
+    predict_timeout: float | None = None
     is_example: bool = False
 
     @classmethod
@@ -120,6 +122,7 @@ class Config:
             memory_budget=_size(get, "CPR_MEMORY_BUDGET", 0) if budget else None,
             log_format=log_format,
             warmup=warmup,
+            predict_timeout=_seconds(get, "CPR_PREDICT_TIMEOUT"),
         )
         model = catalog.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
         version = catalog.check_name(get("CPR_VERSION_NAME") or "v1", "CPR_VERSION_NAME")
@@ -168,6 +171,7 @@ class Config:
             "isolation": self.isolation,
             "memoryBudgetBytes": self.memory_budget,
             "warmup": self.warmup,
+            "predictTimeoutSeconds": self.predict_timeout,
         }
 
 
@@ -186,6 +190,21 @@ def _size(get, name: str, default: int) -> int:
     value = int(number * factor)
     if value <= 0:
         raise ConfigError(f"{name} must be a positive size; got {raw!r}")
+    return value
+
+
+def _seconds(get, name: str) -> float | None:
+    raw = get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(
+            f"{name} must be a positive number of seconds such as 30 or 2.5; got {raw!r}"
+        )
     return value
 
 

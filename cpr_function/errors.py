@@ -51,6 +51,12 @@ class PredictorError(CprError):
     """The predictor raised, or its output cannot be encoded."""
 
 
+class PredictTimeout(CprError):
+    """The predictor ran past `CPR_PREDICT_TIMEOUT`."""
+
+    status_code = 504
+
+
 class UpstreamError(CprError):
     """The model forwarded to failed or answered what cannot be used."""
 

@@ -13,7 +13,7 @@ from typing import Any
 from . import frameworks, legacy, logs, packages, predictor
 from .catalog import VersionSpec
 from .config import Config
-from .errors import CprError, LoadError, PredictorError, Relayed
+from .errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class LazyModel:
         self._storage = storage
         self._lock = threading.Lock()
         self._predictor: Any = None
+        self._pool = None
         self.phases: dict[str, float] = {}
         self.fetch_stats: dict[str, int] = {}
         self.last_error: str | None = None
@@ -77,7 +78,9 @@ class LazyModel:
         """
         model = self.get()
         try:
-            return model.respond(payload, vertex=vertex)
+            if self._config.predict_timeout is None:
+                return model.respond(payload, vertex=vertex)
+            return self._within_deadline(model, payload, vertex)
         except CprError:
             raise
         except (Exception, SystemExit) as exc:
@@ -88,6 +91,32 @@ class LazyModel:
             # SystemExit too: user code calling sys.exit() must not take the worker down.
             log.exception("predictor raised")
             raise PredictorError(f"prediction failed: {legacy.describe(exc)}") from exc
+
+    def _within_deadline(self, model, payload: dict[str, Any], vertex: bool) -> Any:
+        """Runs the predictor on a thread of its own, giving up on it after the deadline.
+
+        A thread cannot be stopped: a predictor past its deadline runs on in the
+        background while the caller gets a 504. (A version in a process of its own
+        is ended instead; see worker.py.)
+        """
+        import concurrent.futures
+
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=64, thread_name_prefix="cpr-predict"
+                    )
+        future = self._pool.submit(model.respond, payload, vertex=vertex)
+        seconds = self._config.predict_timeout
+        try:
+            return future.result(timeout=seconds)
+        except concurrent.futures.TimeoutError:
+            log.error("predictor ran past its %ss deadline; it goes on in the background", seconds)
+            raise PredictTimeout(
+                f"model {self.spec.model} version {self.spec.name}: the predictor ran past the "
+                f"{seconds:g} s deadline (CPR_PREDICT_TIMEOUT)"
+            ) from None
 
     def schemas(self) -> dict[str, Any] | None:
         """The JSON schemas of the version's request and response bodies, when it declares them.

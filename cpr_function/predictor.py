@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import legacy, protocol
-from .errors import LoadError
+from .errors import LoadError, PredictorError
 
 
 @runtime_checkable
@@ -61,7 +61,14 @@ class Routine:
 
     def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> dict[str, Any]:
         instances, kwargs = protocol.instances_of(payload, vertex=vertex)
-        return {"predictions": self.predictor.predict(instances, **kwargs)}
+        predictions = self.predictor.predict(instances, **kwargs)
+        count = _count(predictions)
+        if count is not None and count != len(instances):
+            raise PredictorError(
+                f"the predictor returned {count} predictions for {len(instances)} instances; "
+                "predict must return one prediction per instance"
+            )
+        return {"predictions": predictions}
 
 
 class VertexRoutine:
@@ -177,6 +184,16 @@ def construct(cls: type, model_dir: Path) -> Servable:
             f"predict(); it returned {type(predictor).__name__}"
         )
     return Routine(predictor)
+
+
+def _count(predictions: Any) -> int | None:
+    """How many predictions a list, tuple, array or pandas object holds; None for other values."""
+    if isinstance(predictions, list | tuple):
+        return len(predictions)
+    shape = getattr(predictions, "shape", None)
+    if isinstance(shape, tuple) and shape:
+        return shape[0]
+    return None
 
 
 def _same(value: Any) -> Any:

@@ -10,6 +10,7 @@ itself, so what crosses back is bytes, whatever the predictor returned.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -22,7 +23,7 @@ from typing import Any
 
 from .catalog import VersionSpec
 from .config import Config
-from .errors import CprError, Relayed
+from .errors import CprError, PredictTimeout, Relayed
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class ProcessModel:
         """
         import orjson
 
-        encoded = self._ask(("respond", payload, vertex), "predicting")
+        deadline = self._config.predict_timeout
+        encoded = self._ask(("respond", payload, vertex), "predicting", deadline)
         if isinstance(encoded, dict):
             return {key: orjson.Fragment(value) for key, value in encoded.items()}
         return orjson.Fragment(encoded)
@@ -85,10 +87,10 @@ class ProcessModel:
         """
         return self._ask(("schemas",), "describing the model")
 
-    def _ask(self, message: tuple, doing: str) -> Any:
+    def _ask(self, message: tuple, doing: str, deadline: float | None = None) -> Any:
         with self._lock:
             self._ensure_loaded()
-            reply = self._call(message, doing)
+            reply = self._call(message, doing, deadline)
             self.memory = reply[-1]
             if reply[0] == "error":
                 raise Relayed(reply[1], reply[2])
@@ -150,9 +152,17 @@ class ProcessModel:
             self._proc.pid,
         )
 
-    def _call(self, message: tuple, doing: str) -> tuple:
+    def _call(self, message: tuple, doing: str, deadline: float | None = None) -> tuple:
         try:
             self._conn.send(message)
+            if deadline is not None and not self._conn.poll(deadline):
+                self._proc.kill()
+                self._stop()
+                raise PredictTimeout(
+                    f"model {self.spec.model} version {self.spec.name}: the predictor ran past "
+                    f"the {deadline:g} s deadline (CPR_PREDICT_TIMEOUT); its process was ended "
+                    "and the next request starts it again"
+                )
             return self._conn.recv()
         except (EOFError, OSError) as exc:
             code = self._stop()
@@ -200,6 +210,8 @@ def serve(conn) -> int:
     from .storage import Storage
 
     _, spec, config = conn.recv()
+    # The parent keeps the deadline: it ends this process when a prediction runs past it.
+    config = dataclasses.replace(config, predict_timeout=None)
     configure(config.log_format)
     model = LazyModel(spec, config, Storage(config.cache_dir))
     try:

@@ -53,6 +53,26 @@ class Pandas(Echo):
         return pandas.DataFrame({"x": [float(i[0]) for i in instances], "nan": np.nan})
 
 
+class Short(Echo):
+    """Drops the last prediction."""
+
+    def predict(self, instances, **kwargs):
+        return np.zeros(len(instances) - 1)
+
+
+class NotANumber(Echo):
+    def predict(self, instances, **kwargs):
+        return [float("nan"), float("inf"), -np.inf, np.float32("nan")][: len(instances)]
+
+
+class Sleepy(Echo):
+    """Sleeps as many seconds as the first instance says, then echoes."""
+
+    def predict(self, instances, **kwargs):
+        time.sleep(float(instances[0]))
+        return instances
+
+
 class Reprs(Echo):
     """Answers with repr() of each instance: shows what predict() really received."""
 

@@ -1,0 +1,115 @@
+"""Predictors that fail, lie about their output, or hang: the process keeps serving the rest."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import make_tar
+from kit_source import kit_files
+
+CLASSES = ("Echo", "Raising", "Short", "NotANumber", "Sleepy")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, iris_dir):
+    tmp = tmp_path_factory.mktemp("kit")
+    return str(iris_dir), str(make_tar(tmp / "kit-0.1.tar.gz", kit_files()))
+
+
+def _version(kit, cls: str) -> dict:
+    origin, package = kit
+    return {"origin": origin, "package_uris": [package], "prediction_class": f"kit.{cls}"}
+
+
+@pytest.fixture
+def isolated(function, kit, tmp_path):
+    """Each faulty predictor a version in a process of its own, with a 1 s deadline."""
+    versions = {cls.lower(): _version(kit, cls) for cls in CLASSES}
+    models = {"models": {"kit": {"default_version": "echo", "versions": versions}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    env = {
+        "CPR_MODELS": str(tmp_path / "models.json"),
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        "CPR_PREDICT_TIMEOUT": "1",
+    }
+    return function(env, threads=8)
+
+
+def _on(version: str) -> str:
+    return f"/v1/projects/p/models/kit/versions/{version}:predict"
+
+
+def test_faulty_predictors_get_clear_errors_and_the_others_keep_serving(isolated):
+    raising = isolated.predict({"instances": [1, 2, 3]}, path=_on("raising"))
+    assert raising.status_code == 500
+    assert raising.json()["error"]["message"] == (
+        "prediction failed: ValueError: instance 0 has the wrong shape"
+    )
+    short = isolated.predict({"instances": [1, 2, 3]}, path=_on("short"))
+    assert short.status_code == 500
+    assert short.json()["error"]["message"] == (
+        "the predictor returned 2 predictions for 3 instances; predict must return one "
+        "prediction per instance"
+    )
+    nan = isolated.predict({"instances": [1, 2, 3, 4]}, path=_on("notanumber"))
+    assert nan.status_code == 200
+    assert nan.json() == {"predictions": [None, None, None, None]}
+    echo = isolated.predict({"instances": [7]})
+    assert echo.json() == {"predictions": [{"instance": 7, "kwargs": {}}]}
+
+
+def test_a_predictor_past_the_deadline_is_a_504_and_its_process_is_replaced(isolated):
+    assert isolated.predict({"instances": [0]}, path=_on("sleepy")).status_code == 200
+    pid = isolated.version_status("kit", "sleepy")["pid"]
+    with ThreadPoolExecutor(8) as pool:
+        hung = pool.submit(isolated.predict, {"instances": [30]}, path=_on("sleepy"))
+        time.sleep(0.2)
+        # Other versions answer while one hangs.
+        others = [pool.submit(isolated.predict, {"instances": [i]}) for i in range(20)]
+        answers = [f.result() for f in others]
+        started = time.monotonic()
+        answer = hung.result()
+        waited = time.monotonic() - started
+    print(f"\nwhile one version hung: {sum(a.status_code == 200 for a in answers)} of 20 answered")
+    assert [a.json()["predictions"][0]["instance"] for a in answers] == list(range(20))
+    assert answer.status_code == 504
+    assert answer.json()["error"]["message"] == (
+        "model kit version sleepy: the predictor ran past the 1 s deadline "
+        "(CPR_PREDICT_TIMEOUT); its process was ended and the next request starts it again"
+    )
+    assert waited < 5
+    again = isolated.predict({"instances": [0]}, path=_on("sleepy"))
+    assert again.json() == {"predictions": [0]}
+    assert isolated.version_status("kit", "sleepy")["pid"] not in (None, pid)
+
+
+def test_in_process_a_predictor_past_the_deadline_is_a_504_and_serving_goes_on(
+    function, kit, tmp_path
+):
+    origin, package = kit
+    fn = function(
+        {
+            "CPR_ORIGIN": origin,
+            "CPR_PACKAGE_URIS": package,
+            "CPR_PREDICTION_CLASS": "kit.Sleepy",
+            "CPR_PREDICT_TIMEOUT": "0.5",
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        },
+        threads=4,
+    )
+    assert fn.predict({"instances": [0]}).status_code == 200
+    with ThreadPoolExecutor(4) as pool:
+        hung = [pool.submit(fn.predict, {"instances": [5]}) for _ in range(2)]
+        time.sleep(0.1)
+        quick = [fn.predict({"instances": [0]}) for _ in range(5)]
+        late = [f.result() for f in hung]
+    assert [q.status_code for q in quick] == [200] * 5
+    assert [a.status_code for a in late] == [504, 504]
+    assert late[0].json() == {
+        "error": "model default version v1: the predictor ran past the 0.5 s deadline "
+        "(CPR_PREDICT_TIMEOUT)"
+    }
+    assert fn.predict({"instances": [0.1]}).json() == {"predictions": [0.1]}
