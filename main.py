@@ -8,6 +8,9 @@ loading right after the fork.
 
 import os
 
+import functions_framework
+from werkzeug.exceptions import HTTPException
+
 from cpr_function.app import App
 from cpr_function.config import Config
 from cpr_function.logs import configure
@@ -22,3 +25,9 @@ if _config.warmup != "none":
 def predict(request):
     """Answers a prediction, status or error for one HTTP request."""
     return _app(request)
+
+
+@functions_framework.errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    """What the host refuses before `predict` runs (a path it cannot route) answers JSON too."""
+    return _app.refused(exc)

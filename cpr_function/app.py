@@ -66,6 +66,20 @@ class App:
             _log_request(request, status, time.perf_counter() - started, note)
             logs.TRACE.reset(token)
 
+    def refused(self, exc) -> Any:
+        """The JSON answer to a request the host refused before routing it here."""
+        import flask
+
+        request = flask.request
+        status = exc.code or 500
+        if status == 404:
+            message = f"no route for {request.path!r}; expected POST / or POST /predict"
+        else:
+            message = f"{exc.name}: the request was refused before it reached the model"
+        log.info("%s %s -> %d refused by the host", request.method, request.path, status)
+        body = protocol.error_body(message, status, google=_google(request.path))
+        return flask.Response(body, status=status, mimetype=_JSON)
+
     def _route(self, request, note: dict) -> tuple[int, bytes]:
         route = routes.match(request.path)
         action = route.actions.get(request.method)

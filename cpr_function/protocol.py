@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 import orjson
@@ -56,7 +57,30 @@ def parse_body(body: bytes) -> dict[str, Any]:
             f"request body is a JSON {json_type(payload)}; "
             'expected an object {"instances": [...]}'
         )
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(body):
+        raise BadRequest(
+            f"request body nests arrays and objects more than {MAX_DEPTH} levels deep; "
+            "flatten the instances"
+        )
     return payload
+
+
+# Deeper input than this is refused, so that no answer is too deep to encode
+# (the encoder stops at 254 levels) and no walk over it recurses too far.
+MAX_DEPTH = 64
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(body: bytes) -> bool:
+    """Whether a valid JSON body nests deeper than MAX_DEPTH, found by peeling off the
+    innermost empty pairs of brackets once per level, outside strings."""
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    return bool(brackets)
 
 
 def instances_of(payload: dict[str, Any], *, vertex: bool = False) -> tuple[list, dict[str, Any]]:
