@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from . import catalog as catalogs
@@ -28,6 +29,11 @@ class App:
         storage = storage or Storage(config.cache_dir)
         self.catalog = load_catalog(config)
         self.registry = Registry(self.catalog, config, storage)
+        self._local_paths = [
+            (str(config.cache_dir.resolve()), "<cache>"),
+            (str(config.cache_dir), "<cache>"),
+            (str(Path(__file__).resolve().parent.parent), "<function>"),
+        ]
         self._actions = {
             "status": self._status,
             "predict": self._predict,
@@ -53,7 +59,8 @@ class App:
             if exc.status_code >= 500:
                 log.error("%s %s -> %d: %s", request.method, request.path, exc.status_code, exc)
             status = exc.status_code
-            body = protocol.error_body(str(exc), status, google=_google(request.path))
+            message = self._without_local_paths(str(exc))
+            body = protocol.error_body(message, status, google=_google(request.path))
             headers = {"Allow": exc.allow} if isinstance(exc, _NotAllowed) else {}
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.path)
@@ -65,6 +72,13 @@ class App:
         finally:
             _log_request(request, status, time.perf_counter() - started, note)
             logs.TRACE.reset(token)
+
+    def _without_local_paths(self, message: str) -> str:
+        """The message with this machine's cache and code directories named, not spelled out:
+        a caller learns what failed, not how the server's disk is laid out."""
+        for path, name in self._local_paths:
+            message = message.replace(path, name)
+        return message
 
     def refused(self, exc) -> Any:
         """The JSON answer to a request the host refused before routing it here."""

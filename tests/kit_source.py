@@ -73,6 +73,14 @@ class Sleepy(Echo):
         return instances
 
 
+class OpensMissing(Echo):
+    """Fails with an error that spells out where the package was unpacked."""
+
+    def predict(self, instances, **kwargs):
+        with open(os.path.join(os.path.dirname(__file__), "weights.bin")) as f:
+            return f.read()
+
+
 class Reprs(Echo):
     """Answers with repr() of each instance: shows what predict() really received."""
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_tar
 from kit_source import kit_files
 
-CLASSES = ("Echo", "Raising", "Short", "NotANumber", "Sleepy")
+CLASSES = ("Echo", "Raising", "Short", "NotANumber", "Sleepy", "OpensMissing")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,9 @@ def isolated(function, kit, tmp_path):
         "CPR_CACHE_DIR": str(tmp_path / "cache"),
         "CPR_PREDICT_TIMEOUT": "1",
     }
-    return function(env, threads=8)
+    fn = function(env, threads=8)
+    fn.cache_dir = tmp_path / "cache"
+    return fn
 
 
 def _on(version: str) -> str:
@@ -57,6 +59,14 @@ def test_faulty_predictors_get_clear_errors_and_the_others_keep_serving(isolated
     nan = isolated.predict({"instances": [1, 2, 3, 4]}, path=_on("notanumber"))
     assert nan.status_code == 200
     assert nan.json() == {"predictions": [None, None, None, None]}
+    missing = isolated.predict({"instances": [1]}, path=_on("opensmissing"))
+    assert missing.status_code == 500
+    message = missing.json()["error"]["message"]
+    assert message.startswith(
+        "prediction failed: FileNotFoundError: [Errno 2] No such file or directory: '<cache>/"
+    )
+    assert message.endswith("/weights.bin'")
+    assert str(isolated.cache_dir) not in message
     echo = isolated.predict({"instances": [7]})
     assert echo.json() == {"predictions": [{"instance": 7, "kwargs": {}}]}
 
