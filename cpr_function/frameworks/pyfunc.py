@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..protocol import json_type
-from . import signature as signatures
+from . import mlflow_signature as signatures
 
 _RESPONSE = {
     "type": "object",
