@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import REPO, FaultProxy, FunctionProcess, make_tar, ml_v1
@@ -112,6 +115,48 @@ def test_transient_faults_are_retried_and_nothing_is_lost_or_reordered(function,
     assert answer.json()["predictions"] == direct.json()["predictions"]
     assert len(faulty.faults) >= 5, "faults were injected"
     assert faulty.calls == 40 + len(faulty.faults), "each fault cost one more call, no more"
+
+
+def test_under_faults_every_answer_is_whole_and_in_order_or_an_explicit_error(
+    function, upstream, proxy
+):
+    """30% of calls answered 503 or 429, dropped or left hanging, 12 requests at once."""
+    rng, lock = random.Random(5), threading.Lock()
+
+    def fault(body):
+        with lock:
+            return rng.choice(["503", "429", "drop", "hang"]) if rng.random() < 0.3 else None
+
+    faulty = proxy(fault, hang=1.5)
+    retries = 3
+    fn = forwarding(
+        function,
+        "projects/p/models/iris",
+        faulty.url,
+        batch_size=20,
+        forward_retries=retries,
+        forward_timeout=0.5,
+    )
+    bodies = [{"instances": rows(200, seed=s)} for s in range(12)]
+    path = "/v1/projects/p/models/iris:predict"
+    direct = [upstream.predict(b, path=path).json()["predictions"] for b in bodies]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(fn.predict, bodies))
+    whole = 0
+    for answer, expected in zip(answers, direct, strict=True):
+        if answer.status_code == 200:
+            assert answer.json() == {"predictions": expected}
+            whole += 1
+        else:
+            assert answer.status_code in (502, 503, 504)
+            assert list(answer.json()) == ["error"]
+            assert re.match(r"instances \d+-\d+ of 200: ", answer.json()["error"])
+    print(
+        f"\nforwarding under faults: {whole} whole answers, {len(answers) - whole} explicit "
+        f"errors, {faulty.calls} calls for {12 * 10} batches, {len(faulty.faults)} faults"
+    )
+    assert faulty.calls <= 12 * 10 * (retries + 1), "the retry budget holds"
+    assert len(faulty.faults) >= 20, "faults were injected"
 
 
 def test_a_batch_that_keeps_failing_fails_the_request_naming_its_range(function, proxy):
