@@ -71,7 +71,7 @@ def _forward(spec: VersionSpec, instance: Any, out: TextIO) -> bool:
     from .forward import Forwarder
 
     forwarder = Forwarder(spec)
-    print(f"  ok   forward    to {forwarder.upstream.target.url}", file=out)
+    print(f"  ok   forward    to {forwarder.upstream.target.shown}", file=out)
     if instance is None:
         print("  --   predict    not run: give --instance to call the upstream", file=out)
         return True

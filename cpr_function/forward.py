@@ -60,6 +60,15 @@ class Target:
     url: str
     vertex: bool = False
 
+    @property
+    def shown(self) -> str:
+        """The URL as messages and the status show it: a user:password in it masked."""
+        scheme, sep, rest = self.url.partition("://")
+        host, slash, path = rest.partition("/")
+        if "@" not in host:
+            return self.url
+        return f"{scheme}{sep}***@{host.rpartition('@')[2]}{slash}{path}"
+
     @classmethod
     def named(cls, name: str, api_endpoint: str | None) -> Target:
         """The `:predict` URL of a v1 model or version, or of a Vertex AI endpoint.
@@ -132,10 +141,10 @@ class Upstream:
         """One call: the predictions, or what went wrong and whether to try again."""
         import requests
 
-        url = self.target.url
+        url = self.target.shown
         try:
             answer = session.post(
-                url,
+                self.target.url,
                 data=body,
                 headers={"Content-Type": "application/json"},
                 timeout=(min(10.0, self.policy.timeout), self.policy.timeout),
@@ -408,7 +417,7 @@ class Forwarder:
     def status(self) -> dict[str, Any]:
         return {
             "loaded": True,
-            "url": self.upstream.target.url,
+            "url": self.upstream.target.shown,
             "auth": auth_mode(self.upstream.target.url, self.upstream.auth),
             "upstreamCalls": self.upstream.calls,
             "lastError": self.last_error,

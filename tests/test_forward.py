@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 from conftest import REPO, FaultProxy, FunctionProcess, make_tar, ml_v1
 from kit_source import kit_files
 
@@ -367,3 +368,16 @@ def test_in_process_serving_never_imports_forwarding_nor_forwarding_aiplatform(u
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=forward
     )
     assert relayed.stdout.strip() == "['cpr_function.forward']", relayed.stderr
+
+
+def test_a_password_in_the_endpoint_never_shows(function, proxy):
+    dropping = proxy(lambda body: "drop")
+    endpoint = dropping.url.replace("http://", "http://svc:hunter2@")
+    fn = forwarding(function, "projects/p/models/iris", endpoint, forward_retries=0)
+    answer = fn.predict({"instances": [[1, 2, 3, 4]]})
+    assert answer.status_code == 503
+    masked = dropping.url.replace("http://", "http://***@")
+    assert answer.json()["error"].startswith(f"instances 0-0 of 1: {masked}/v1/projects/p/")
+    status = requests.get(fn.url + "/", timeout=30).text
+    assert masked in status
+    assert "hunter2" not in status + answer.text
