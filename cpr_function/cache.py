@@ -38,7 +38,7 @@ def materialize(final: Path, build: Callable[[Path], None]) -> bool:
         with FileLock(str(locks / final.name)):
             if final.exists():
                 return False
-            _remove_leftovers(final)
+            _remove_orphans(final)
             partial = final.parent / f".{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex}"
             try:
                 build(partial)
@@ -48,10 +48,32 @@ def materialize(final: Path, build: Callable[[Path], None]) -> bool:
             return True
 
 
-def _remove_leftovers(final: Path) -> None:
-    # Holding the file lock, any partial entry for `final` belongs to a dead writer.
-    for stale in final.parent.glob(f".{final.name}.partial-*"):
-        _remove(stale)
+def _remove_orphans(final: Path) -> None:
+    """Removes the partial entries that writers killed mid-build left next to `final`.
+
+    A partial entry exists only while its writer holds the entry's file lock, so
+    one whose lock is free has no writer left. Those of `final` are orphans (the
+    caller holds its lock); those of other entries are removed when their lock can
+    be taken at once, so a generation that is never asked for again, or a model
+    that was replaced, does not keep its partial download in /tmp (memory, on
+    Cloud Functions) for the instance's whole life.
+    """
+    from filelock import FileLock, Timeout
+
+    for partial in final.parent.glob(".*.partial-*"):
+        name = partial.name[1:].split(".partial-")[0]
+        if name == final.name:
+            _remove(partial)
+            continue
+        lock = FileLock(str(final.parent / ".locks" / name))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # its writer is alive
+        try:
+            _remove(partial)
+        finally:
+            lock.release()
 
 
 def _remove(path: Path) -> None:

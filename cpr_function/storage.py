@@ -25,6 +25,14 @@ class StorageUnavailable(LoadError):
     status_code = 503
 
 
+class ObjectChanged(StorageUnavailable):
+    """An object was rewritten or deleted between its listing and its download.
+
+    Nothing of it is cached, so the next request lists the model anew and fetches
+    the current version whole: a model directory is never a mix of two versions.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class Blob:
     """One Cloud Storage object as listed: enough to fetch it and check what arrived."""
@@ -67,11 +75,19 @@ class Storage:
     rewritten object (a new generation) is fetched anew.
     """
 
-    def __init__(self, cache_root: Path, *, client=None, parallelism: int = 8):
+    def __init__(
+        self,
+        cache_root: Path,
+        *,
+        client=None,
+        parallelism: int = 8,
+        retry_seconds: float = 20.0,
+    ):
         self._root = cache_root
         self._client = client
         self._client_lock = threading.Lock()
         self._parallelism = parallelism
+        self._retry_seconds = retry_seconds
 
     def list_directory(self, uri: str) -> Listing:
         """Lists a model directory.
@@ -147,7 +163,7 @@ class Storage:
         with _translated(f"gs://{bucket}/{prefix}"):
             return [
                 Blob(bucket, b.name, int(b.generation), int(b.size or 0), b.crc32c, b.md5_hash)
-                for b in self.client.list_blobs(bucket, prefix=prefix, retry=_retry())
+                for b in self.client.list_blobs(bucket, prefix=prefix, retry=self._retry())
             ]
 
     def _fetch_blobs(self, blobs: Iterable[Blob]) -> Fetched:
@@ -171,19 +187,52 @@ class Storage:
         return self._root / "objects" / f"{key}-{blob.generation}"
 
     def _download(self, blob: Blob, dest: Path) -> None:
+        from google.api_core import exceptions as api
+
         uri = f"gs://{blob.bucket}/{blob.name}"
         log.info("downloading %s generation %d (%d bytes)", uri, blob.generation, blob.size)
+        # Pinned to the listed generation, so a rewrite cannot slip other bytes in.
         handle = self.client.bucket(blob.bucket).blob(blob.name, generation=blob.generation)
         with _translated(uri), open(dest, "wb") as raw:
             out = _HashingWriter(raw)
-            handle.download_to_file(
-                out,
-                raw_download=True,
-                checksum=None,
-                if_generation_match=blob.generation,
-                retry=_retry(),
-            )
-        out.check(blob, uri)
+            try:
+                handle.download_to_file(
+                    out,
+                    raw_download=True,
+                    checksum=None,
+                    if_generation_match=blob.generation,
+                    retry=self._retry(),
+                )
+            except (api.NotFound, api.PreconditionFailed) as exc:
+                raise _changed(blob, self._live_generation(blob)) from exc
+        mismatch = out.mismatch(blob)
+        if mismatch is None:
+            return
+        # A server that ignores the generation asked for serves the new bytes of a
+        # rewritten object; tell that apart from bytes damaged on the way.
+        live = self._live_generation(blob)
+        if live != blob.generation:
+            raise _changed(blob, live)
+        raise StorageUnavailable(f"download of {uri} is corrupt: {mismatch}; it was discarded")
+
+    def _live_generation(self, blob: Blob) -> int | None:
+        """The generation Cloud Storage holds now under the blob's name; None if it holds none.
+
+        When that cannot be learnt, the listed generation is assumed.
+        """
+        try:
+            with _translated(f"gs://{blob.bucket}/{blob.name}"):
+                found = self.client.bucket(blob.bucket).get_blob(blob.name, retry=self._retry())
+        except LoadError:
+            return blob.generation
+        return None if found is None else int(found.generation)
+
+    def _retry(self):
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        # The library's default keeps retrying for two minutes; a cold start
+        # should rather answer 503 sooner and let the next request try again.
+        return DEFAULT_RETRY.with_timeout(self._retry_seconds)
 
     def _assemble(self, listing: Listing) -> Path:
         members = sorted((_relative(b, listing), b) for b in listing.blobs)
@@ -229,7 +278,8 @@ class _HashingWriter:
         self.size += len(data)
         return self._raw.write(data)
 
-    def check(self, blob: Blob, uri: str) -> None:
+    def mismatch(self, blob: Blob) -> str | None:
+        """What differs between the bytes that passed and the listed object; None if nothing."""
         if blob.crc32c:
             expected, got = blob.crc32c, base64.b64encode(self._crc.digest()).decode()
             kind = "CRC32C"
@@ -239,11 +289,21 @@ class _HashingWriter:
         else:
             expected = got = None
             kind = "size"
-        if expected != got or self.size != blob.size:
-            raise StorageUnavailable(
-                f"download of {uri} is corrupt: expected {blob.size} bytes with {kind} "
-                f"{expected}, received {self.size} bytes with {kind} {got}; it was discarded"
-            )
+        if expected == got and self.size == blob.size:
+            return None
+        return (
+            f"expected {blob.size} bytes with {kind} {expected}, "
+            f"received {self.size} bytes with {kind} {got}"
+        )
+
+
+def _changed(blob: Blob, live: int | None) -> ObjectChanged:
+    now = "no such object" if live is None else f"generation {live}"
+    return ObjectChanged(
+        f"gs://{blob.bucket}/{blob.name} changed after it was listed: expected generation "
+        f"{blob.generation}, Cloud Storage now holds {now}; nothing of it was cached, and the "
+        "next request fetches the current version"
+    )
 
 
 def _relative(blob: Blob, listing: Listing) -> str:
@@ -270,14 +330,6 @@ def _local_path(uri: str) -> Path:
     return Path(uri).expanduser()
 
 
-def _retry():
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    # The library's default keeps retrying for two minutes; a cold start
-    # should rather answer 503 sooner and let the next request try again.
-    return DEFAULT_RETRY.with_timeout(20.0)
-
-
 class _translated:
     """Turns Cloud Storage client errors into our errors, naming the URI."""
 
@@ -293,29 +345,31 @@ class _translated:
         import google.auth.exceptions as auth
         from google.api_core import exceptions as api
 
-        if isinstance(exc, auth.TransportError):
+        # Retries that ran out wrap the last failure: name that one.
+        retried = isinstance(exc, api.RetryError) and exc.cause is not None
+        cause = exc.cause if retried else exc
+        if isinstance(cause, auth.TransportError):
             raise StorageUnavailable(
                 f"Google authentication could not be reached for {self._uri}"
             ) from exc
-        if isinstance(exc, auth.GoogleAuthError):
-            raise LoadError(f"Google credentials were refused for {self._uri}: {exc}") from exc
-        if isinstance(exc, api.NotFound):
+        if isinstance(cause, auth.GoogleAuthError):
+            raise LoadError(f"Google credentials were refused for {self._uri}: {cause}") from exc
+        if isinstance(cause, api.NotFound):
             raise LoadError(f"{self._uri} was not found in Cloud Storage") from exc
-        if isinstance(exc, api.PreconditionFailed):
+        if isinstance(cause, api.Forbidden | api.Unauthorized):
+            raise LoadError(f"access to {self._uri} was refused: {cause.message}") from exc
+        # Only transient failures are retried, whatever the last one was.
+        if retried or isinstance(cause, api.GoogleAPIError | OSError) or _is_transport_error(cause):
             raise StorageUnavailable(
-                f"{self._uri} changed while it was being fetched; the next request fetches "
-                "the new version"
-            ) from exc
-        if isinstance(exc, api.Forbidden | api.Unauthorized):
-            raise LoadError(f"access to {self._uri} was refused: {exc.message}") from exc
-        if isinstance(exc, api.GoogleAPIError | OSError) or _is_transport_error(exc):
-            raise StorageUnavailable(
-                f"Cloud Storage could not be reached for {self._uri}: {type(exc).__name__}"
+                f"Cloud Storage could not be reached for {self._uri}: {type(cause).__name__}"
+                + (", still failing when the retries ran out" if retried else "")
             ) from exc
         return False
 
 
 def _is_transport_error(exc: BaseException) -> bool:
     import requests
+    import urllib3
 
-    return isinstance(exc, requests.RequestException)
+    # A body cut short surfaces as urllib3's ProtocolError, unwrapped by requests.
+    return isinstance(exc, requests.RequestException | urllib3.exceptions.HTTPError)
