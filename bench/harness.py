@@ -1,4 +1,4 @@
-"""What every benchmark here needs: real function processes and a keep-alive load generator."""
+"""What every benchmark here needs: function processes, a storage emulator, a load generator."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,6 +23,81 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The emulator's own code, served the way Cloud Storage answers: many requests at once (the
+# emulator's server takes one at a time and queues 5 connections), each after a delay.
+_SHAPED_EMULATOR = """
+import http.server, sys, time
+from gcp_storage_emulator import server
+
+delay = float(sys.argv[2])
+
+class Concurrent(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+class Delayed(server.RequestHandler):
+    def do_GET(self):
+        time.sleep(delay)
+        super().do_GET()
+
+server.server.HTTPServer = Concurrent
+server.RequestHandler = Delayed
+emulator = server.create_server("127.0.0.1", int(sys.argv[1]), True)
+emulator.run()
+"""
+
+
+@contextlib.contextmanager
+def emulator(*, delay: float | None = None):
+    """A gcp-storage-emulator server (in memory) on loopback, with google-cloud-storage pointed
+    at it through this process's environment, which function processes started inside inherit.
+
+    Args:
+        delay: None runs the emulator as the tests do; seconds serve its code on a threaded
+            server that waits that long before answering each GET, as a remote store would.
+
+    Yields:
+        A google-cloud-storage client with anonymous credentials.
+    """
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    port = free_port()
+    if delay is None:
+        command = ["-m", "gcp_storage_emulator", "start", "--port", str(port), "--in-memory"]
+    else:
+        command = ["-c", _SHAPED_EMULATOR, str(port), str(delay)]
+    proc = subprocess.Popen(
+        [sys.executable, *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")}
+    try:
+        _wait_for_port(port, proc)
+        os.environ.update(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}", NO_GCE_CHECK="true")
+        yield storage.Client(project="bench", credentials=AnonymousCredentials())
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listened on port {port} within 60s")
 
 
 class Function:
@@ -38,14 +114,7 @@ class Function:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"function exited with {self.proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("function did not listen within 60s")
+        _wait_for_port(self.port, self.proc)
 
     def call(self, path: str = "/", body: dict | None = None) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
@@ -124,16 +193,29 @@ def load(port: int, path: str, body: dict, *, connections: int, seconds: float) 
     return Load(latencies, time.perf_counter() - began)
 
 
-def rss(pid: int) -> int:
-    """Resident memory of a process in bytes (Linux)."""
+def rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of a process in bytes (Linux); `field="VmHWM"` for its peak."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
 
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and all its descendants (gunicorn workers, model workers)."""
+def dir_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`, each hard-linked file once."""
+    sizes: dict[tuple[int, int], int] = {}
+    for parent, _, names in os.walk(folder):  # skips what is renamed or removed meanwhile
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(parent, name))
+                if S_ISREG(info.st_mode):
+                    sizes[(info.st_dev, info.st_ino)] = info.st_size
+    return sum(sizes.values())
+
+
+def tree_rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of a process and all its descendants (gunicorn workers, model workers);
+    `field="VmHWM"` sums their peaks."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
@@ -143,6 +225,6 @@ def tree_rss(pid: int) -> int:
     while todo:
         current = todo.pop()
         with contextlib.suppress(OSError):
-            total += rss(current)
+            total += rss(current, field)
         todo.extend(children.get(current, []))
     return total

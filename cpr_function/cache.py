@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _guard = threading.Lock()
 _thread_locks: dict[Path, threading.Lock] = {}
+# The partial entries this process's threads are writing: alive, so not orphans.
+_writing: set[Path] = set()
 
 
 def materialize(final: Path, build: Callable[[Path], None]) -> bool:
@@ -40,12 +46,77 @@ def materialize(final: Path, build: Callable[[Path], None]) -> bool:
                 return False
             _remove_orphans(final)
             partial = final.parent / f".{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex}"
+            with _guard:
+                _writing.add(partial)
             try:
                 build(partial)
                 os.replace(partial, final)
             finally:
                 _remove(partial)
+                with _guard:
+                    _writing.discard(partial)
             return True
+
+
+@contextlib.contextmanager
+def in_use(root: Path) -> Iterator[None]:
+    """Holds the cache under `root` in use: `discard` removes nothing while anyone holds it.
+
+    A shared lock on a file, so holders in all threads and processes go on side by side.
+    """
+    import fcntl
+
+    fd = _open_use_lock(root)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # which lets go of the lock
+
+
+def discard(root: Path, entries: list[Path]) -> None:
+    """Removes cache entries under `root` once nobody holds it in use (see `in_use`).
+
+    At once when nobody does; otherwise a background thread waits for the last
+    holder, so the caller never waits for another version's load. Each entry is
+    first renamed to a partial name, so one half removed by a crash is an orphan
+    (see `_remove_orphans`), never an entry a reader would take.
+    """
+    import fcntl
+
+    fd = _open_use_lock(root)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        waiting = threading.Thread(target=_discard, args=(fd, entries, True), daemon=True)
+        waiting.start()
+        return
+    _discard(fd, entries, False)
+
+
+def _discard(fd: int, entries: list[Path], wait: bool) -> None:
+    """Removes `entries` holding the use lock `fd` alone (waiting for it if `wait`); closes `fd`."""
+    import fcntl
+
+    try:
+        if wait:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        for entry in entries:
+            hidden = entry.parent / f".{entry.name}.partial-{os.getpid()}-{uuid.uuid4().hex}"
+            try:
+                os.replace(entry, hidden)
+            except FileNotFoundError:
+                continue  # never fetched, or removed already
+            _remove(hidden)
+    except OSError:
+        log.exception("removing cache entries failed; they stay")
+    finally:
+        os.close(fd)
+
+
+def _open_use_lock(root: Path) -> int:
+    root.mkdir(parents=True, exist_ok=True)
+    return os.open(root / ".in-use", os.O_RDWR | os.O_CREAT, 0o644)
 
 
 def _remove_orphans(final: Path) -> None:
@@ -60,10 +131,17 @@ def _remove_orphans(final: Path) -> None:
     """
     from filelock import FileLock, Timeout
 
-    for partial in final.parent.glob(".*.partial-*"):
+    partials = list(final.parent.glob(".*.partial-*"))
+    with _guard:
+        writing = _writing.copy()
+    for partial in partials:
         name = partial.name[1:].split(".partial-")[0]
         if name == final.name:
             _remove(partial)
+            continue
+        if partial in writing:
+            # Being written by another thread here: asking its lock would only cost
+            # time, once per other download in flight for every entry built.
             continue
         lock = FileLock(str(final.parent / ".locks" / name))
         try:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import upload_dir
+from conftest import REPO, upload_dir, upload_file
 
 from cpr_function.errors import LoadError
 from cpr_function.storage import Storage
@@ -123,3 +126,59 @@ def test_an_object_that_is_also_a_folder_is_a_clear_error(store, bucket):
     bucket.blob("m/a/b").upload_from_string(b"inside")
     with pytest.raises(LoadError, match="the name 'a' is both an object and a folder"):
         store.fetch(store.list_directory(f"gs://{bucket.name}/m"))
+
+
+def test_discard_waits_for_every_holder_and_never_touches_local_paths(store, bucket, tmp_path):
+    src = _tree(tmp_path / "src", {"a": b"1", "b": b"2"})
+    listings = [
+        store.list_directory(upload_dir(bucket, src, "m")),
+        store.list_file(upload_file(bucket, src / "a", "pkgs/p-0.1.tar.gz")),
+        store.list_directory(str(src)),
+    ]
+    cache = tmp_path / "cache"
+
+    # Nobody holds the cache: removed at once.
+    model = store.fetch(listings[0]).path
+    store.fetch(listings[1])
+    store.discard(listings)
+    assert _cached(cache) == []
+    assert sorted(p.name for p in src.iterdir()) == ["a", "b"], "a local model stays"
+
+    # Another process holds it (a worker between its download and its from_path).
+    code = (
+        "import sys; from pathlib import Path; from cpr_function import cache\n"
+        "with cache.in_use(Path(sys.argv[1])):\n print('held', flush=True); sys.stdin.readline()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(cache)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert sum(store.fetch(x).downloaded for x in listings) == 3
+        with store.in_use():  # and a thread of this one
+            store.discard(listings)
+            time.sleep(0.3)
+            assert (model / "a").read_bytes() == b"1", "kept while held"
+        time.sleep(0.3)
+        assert (model / "a").read_bytes() == b"1", "kept while another process holds it"
+    finally:
+        holder.communicate("\n", timeout=30)
+    deadline = time.monotonic() + 10
+    while _cached(cache) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _cached(cache) == [], "removed when the last holder let go"
+    assert store.fetch(listings[0]).downloaded == 2, "fetched again, it is downloaded again"
+
+
+def _cached(cache) -> list[str]:
+    """The entries of the object store and the model folders, partial ones included."""
+    return sorted(
+        p.name
+        for folder in ("objects", "models")
+        for p in (cache / folder).iterdir()
+        if p.name != ".locks"
+    )
