@@ -51,9 +51,13 @@ KNOWN = (
     "CPR_LOG_FORMAT",
     "CPR_WARMUP",
     "CPR_PREDICT_TIMEOUT",
+    "CPR_MICROBATCH",
+    "CPR_MICROBATCH_MAX_SIZE",
+    "CPR_MICROBATCH_WAIT_MS",
 )
 LOG_FORMATS = ("auto", "json", "text")
 WARMUPS = ("none", "default", "all")
+MICROBATCH_MODES = ("false", "true", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +80,9 @@ class Config:
     log_format: str = "auto"
     warmup: str = "none"
     predict_timeout: float | None = None
+    microbatch: str = "false"
+    microbatch_max_size: int = 64
+    microbatch_wait: float = 0.002
     is_example: bool = False
 
     @classmethod
@@ -123,6 +130,7 @@ class Config:
             log_format=log_format,
             warmup=warmup,
             predict_timeout=_seconds(get, "CPR_PREDICT_TIMEOUT"),
+            **_microbatch(get, cls),
         )
         model = catalog.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
         version = catalog.check_name(get("CPR_VERSION_NAME") or "v1", "CPR_VERSION_NAME")
@@ -172,7 +180,47 @@ class Config:
             "memoryBudgetBytes": self.memory_budget,
             "warmup": self.warmup,
             "predictTimeoutSeconds": self.predict_timeout,
+            "microbatch": self.microbatch,
+            "microbatchMaxSize": self.microbatch_max_size,
+            "microbatchWaitMs": round(self.microbatch_wait * 1000, 3),
         }
+
+
+def _microbatch(get, cls) -> dict:
+    raw = get("CPR_MICROBATCH")
+    mode = (raw or cls.microbatch).lower()
+    mode = "true" if mode in _TRUE else "false" if mode in _FALSE else mode
+    if mode not in MICROBATCH_MODES:
+        raise ConfigError(
+            "CPR_MICROBATCH must be true (merge concurrent requests for predictors that declare "
+            "batchable = True), all (for every AI Platform predictor that does not declare "
+            f"batchable = False) or false; got {raw!r}"
+        )
+    raw_size = get("CPR_MICROBATCH_MAX_SIZE")
+    try:
+        max_size = int(raw_size) if raw_size is not None else cls.microbatch_max_size
+    except ValueError:
+        max_size = 0
+    if not 1 <= max_size <= 100_000:
+        raise ConfigError(
+            "CPR_MICROBATCH_MAX_SIZE must be a whole number of instances from 1 to 100000, "
+            f"the most one merged predict call is given; got {raw_size!r}"
+        )
+    wait = get("CPR_MICROBATCH_WAIT_MS")
+    try:
+        wait_ms = float(wait) if wait is not None else cls.microbatch_wait * 1000
+    except ValueError:
+        wait_ms = -1.0
+    if not 0 <= wait_ms <= 1000:
+        raise ConfigError(
+            "CPR_MICROBATCH_WAIT_MS must be a number of milliseconds from 0 to 1000, the "
+            f"longest a merged call waits for more requests to join; got {wait!r}"
+        )
+    return {
+        "microbatch": mode,
+        "microbatch_max_size": max_size,
+        "microbatch_wait": wait_ms / 1000,
+    }
 
 
 def _size(get, name: str, default: int) -> int:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import frameworks, legacy, logs, packages, predictor
+from . import batching, frameworks, legacy, logs, packages, predictor
 from .catalog import VersionSpec
 from .config import Config
 from .errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
@@ -84,13 +84,26 @@ class LazyModel:
         except CprError:
             raise
         except (Exception, SystemExit) as exc:
-            status = _client_error_status(exc)
-            if status is not None:
-                # A Vertex AI predictor refusing its input, as it would on Vertex AI.
-                raise Relayed(f"the predictor refused the request: {exc.detail}", status) from exc
-            # SystemExit too: user code calling sys.exit() must not take the worker down.
-            log.exception("predictor raised")
-            raise PredictorError(f"prediction failed: {legacy.describe(exc)}") from exc
+            raise _failure(exc) from exc
+
+    def predict_groups(self, groups: list[list], kwargs: dict[str, Any]) -> list:
+        """One predict call on several requests' instances, cut back into one part per request:
+        what a version in a process of its own is asked when its requests are merged.
+
+        Raises:
+            LoadError: the model could not be loaded.
+            BadRequest: the instances do not fit the model.
+            PredictorError: the predictor raised, or the version does not merge requests.
+        """
+        model = self.get()
+        if not isinstance(model, batching.Batched):
+            raise PredictorError(f"model {self.spec.key} does not merge requests")
+        try:
+            return model.predict(groups, kwargs)
+        except CprError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise _failure(exc) from exc
 
     def _within_deadline(self, model, payload: dict[str, Any], vertex: bool) -> Any:
         """Runs the predictor on a thread of its own, giving up on it after the deadline.
@@ -185,6 +198,12 @@ class LazyModel:
                 loaded = predictor.construct(cls, model_dir)
             else:
                 loaded = frameworks.load(model_dir, spec.framework)
+            loaded = batching.wrap(
+                loaded,
+                mode=config.microbatch,
+                max_size=config.microbatch_max_size,
+                wait=config.microbatch_wait,
+            )
         self.phases["total"] = round(time.perf_counter() - start, 6)
         log.info(
             "model %s version %s loaded in %.3fs: %s",
@@ -216,12 +235,27 @@ class LazyModel:
 
     def status(self) -> dict[str, Any]:
         """What `GET /` shows of this version."""
-        return {
+        status = {
             "loaded": self.loaded,
             "coldStartSeconds": dict(self.phases),
             "cache": dict(self.fetch_stats),
             "lastError": self.last_error,
         }
+        batcher = getattr(self._predictor, "batcher", None)
+        if batcher is not None:
+            status["microbatch"] = batcher.status()
+        return status
+
+
+def _failure(exc: BaseException) -> CprError:
+    """The error to answer with when a predictor raised."""
+    status = _client_error_status(exc)
+    if status is not None:
+        # A Vertex AI predictor refusing its input, as it would on Vertex AI.
+        return Relayed(f"the predictor refused the request: {exc.detail}", status)
+    # SystemExit too: user code calling sys.exit() must not take the worker down.
+    log.exception("predictor raised")
+    return PredictorError(f"prediction failed: {legacy.describe(exc)}")
 
 
 def _client_error_status(exc: BaseException) -> int | None:

@@ -61,6 +61,14 @@ class Routine:
 
     def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> dict[str, Any]:
         instances, kwargs = protocol.instances_of(payload, vertex=vertex)
+        return {"predictions": self.predict(instances, kwargs)}
+
+    def predict(self, instances: list, kwargs: dict[str, Any]) -> Any:
+        """The predictor's predictions, checked to be one per instance when they are a sequence.
+
+        Raises:
+            PredictorError: the predictor returned another number of predictions.
+        """
         predictions = self.predictor.predict(instances, **kwargs)
         count = _count(predictions)
         if count is not None and count != len(instances):
@@ -68,7 +76,7 @@ class Routine:
                 f"the predictor returned {count} predictions for {len(instances)} instances; "
                 "predict must return one prediction per instance"
             )
-        return {"predictions": predictions}
+        return predictions
 
 
 class VertexRoutine:

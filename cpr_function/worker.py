@@ -47,6 +47,7 @@ class ProcessModel:
         self.fetch_stats: dict[str, int] = {}
         self.last_error: str | None = None
         self.memory: int | None = None
+        self._batcher = None  # when the version merges requests, made at its first load
 
     @property
     def loaded(self) -> bool:
@@ -73,11 +74,23 @@ class ProcessModel:
         """
         import orjson
 
+        if self._batcher is not None:
+            from . import protocol
+
+            # Merged here, before the channel that takes one call at a time.
+            instances, kwargs = protocol.instances_of(payload, vertex=vertex)
+            return {"predictions": orjson.Fragment(self._batcher.predict(instances, kwargs))}
         deadline = self._config.predict_timeout
         encoded = self._ask(("respond", payload, vertex), "predicting", deadline)
         if isinstance(encoded, dict):
             return {key: orjson.Fragment(value) for key, value in encoded.items()}
         return orjson.Fragment(encoded)
+
+    def _predict_groups(self, groups: list[list], kwargs: dict[str, Any]) -> list[bytes]:
+        """One call in the child on several requests' instances: each request's predictions,
+        encoded to JSON there."""
+        deadline = self._config.predict_timeout
+        return self._ask(("predict", groups, kwargs), "predicting", deadline)
 
     def schemas(self) -> dict[str, Any] | None:
         """The request and response schemas the version declares, if any.
@@ -109,6 +122,7 @@ class ProcessModel:
             "coldStartSeconds": dict(self.phases),
             "cache": dict(self.fetch_stats),
             "lastError": self.last_error,
+            **({"microbatch": self._batcher.status()} if self._batcher is not None else {}),
         }
 
     def _ensure_loaded(self) -> None:
@@ -124,8 +138,17 @@ class ProcessModel:
             self._stop()
             self.last_error = reply[1]
             raise Relayed(reply[1], reply[2])
-        _, self.phases, self.fetch_stats, self.memory = reply
+        _, self.phases, self.fetch_stats, self.memory, batchable = reply
         self.last_error = None
+        if batchable and self._batcher is None:
+            from .batching import Batcher
+
+            config = self._config
+            self._batcher = Batcher(
+                self._predict_groups,
+                max_size=config.microbatch_max_size,
+                wait=config.microbatch_wait,
+            )
 
     def _start(self) -> None:
         from multiprocessing.connection import Connection
@@ -205,6 +228,8 @@ def _peak_rss() -> int:
 
 def serve(conn) -> int:
     """The child's side: load the version named by the first message, then answer predictions."""
+    from . import protocol
+    from .batching import Batched
     from .logs import configure
     from .model import LazyModel
     from .storage import Storage
@@ -219,7 +244,8 @@ def serve(conn) -> int:
     except Exception as exc:
         conn.send(_error(exc))
         return 1
-    conn.send(("loaded", model.phases, model.fetch_stats, _peak_rss()))
+    batchable = isinstance(model.get(), Batched)
+    conn.send(("loaded", model.phases, model.fetch_stats, _peak_rss(), batchable))
     while True:
         try:
             kind, *args = conn.recv()
@@ -228,6 +254,8 @@ def serve(conn) -> int:
         try:
             if kind == "schemas":
                 result = model.schemas()
+            elif kind == "predict":
+                result = [protocol.encode(part) for part in model.predict_groups(*args)]
             else:
                 result = _encoded(model.respond(args[0], vertex=args[1]))
             reply = ("ok", result, _peak_rss())

@@ -36,6 +36,23 @@ class Echo(object):
         return [{"instance": i, "kwargs": kwargs} for i in instances]
 
 
+class Batches(Echo):
+    """Echoes, and lets concurrent requests share its calls: appends each call's instance count
+    and keyword arguments to $KIT_BATCHES; takes $KIT_CALL_SECONDS per call, or the seconds
+    of the keyword argument sleep; an instance "bad" fails the call it is in, and so does the
+    keyword argument fail=true."""
+
+    batchable = True
+
+    def predict(self, instances, **kwargs):
+        with open(os.environ["KIT_BATCHES"], "a") as f:
+            f.write("%d %s\\n" % (len(instances), sorted(kwargs.items())))
+        time.sleep(float(kwargs.get("sleep", os.environ.get("KIT_CALL_SECONDS", "0"))))
+        if kwargs.get("fail") is True or "bad" in instances:
+            raise ValueError("cannot predict %d instances" % len(instances))
+        return Echo.predict(self, instances, **kwargs)
+
+
 class Raising(Echo):
     def predict(self, instances, **kwargs):
         raise ValueError("instance 0 has the wrong shape")

@@ -115,9 +115,41 @@ def test_a_models_file_replaces_the_single_model_settings():
             },
             "CPR_BATCH_SIZE must be a positive whole number; got '0'",
         ),
+        ({"CPR_MICROBATCH": "maybe"}, "CPR_MICROBATCH must be true (merge concurrent requests"),
+        (
+            {"CPR_MICROBATCH_MAX_SIZE": "0"},
+            "CPR_MICROBATCH_MAX_SIZE must be a whole number of instances from 1 to 100000, the "
+            "most one merged predict call is given; got '0'",
+        ),
+        ({"CPR_MICROBATCH_MAX_SIZE": "8.5"}, "CPR_MICROBATCH_MAX_SIZE must be a whole number"),
+        (
+            {"CPR_MICROBATCH_WAIT_MS": "-1"},
+            "CPR_MICROBATCH_WAIT_MS must be a number of milliseconds from 0 to 1000, the longest "
+            "a merged call waits for more requests to join; got '-1'",
+        ),
+        ({"CPR_MICROBATCH_WAIT_MS": "soon"}, "CPR_MICROBATCH_WAIT_MS must be a number"),
+        ({"CPR_MICROBATCH_WAIT_MS": "nan"}, "CPR_MICROBATCH_WAIT_MS must be a number"),
     ],
 )
 def test_wrong_settings_name_the_variable_and_what_it_accepts(env, message):
     with pytest.raises(ConfigError) as error:
         Config.from_env(env)
     assert message in str(error.value)
+
+
+def test_micro_batching_settings():
+    default = Config.from_env({})
+    assert (default.microbatch, default.microbatch_max_size) == ("false", 64)
+    config = Config.from_env(
+        {"CPR_MICROBATCH": "All", "CPR_MICROBATCH_MAX_SIZE": "16", "CPR_MICROBATCH_WAIT_MS": "0.5"}
+    )
+    assert (config.microbatch, config.microbatch_max_size, config.microbatch_wait) == (
+        "all",
+        16,
+        0.0005,
+    )
+    described = config.describe()
+    assert (described["microbatch"], described["microbatchMaxSize"]) == ("all", 16)
+    assert described["microbatchWaitMs"] == 0.5
+    assert Config.from_env({"CPR_MICROBATCH": "yes"}).microbatch == "true"
+    assert Config.from_env({"CPR_MICROBATCH": "off"}).microbatch == "false"

@@ -47,6 +47,9 @@ def _array(instances: list, features: int | None):
 class _Estimator:
     """A scikit-learn estimator, or an XGBoost model through its scikit-learn API."""
 
+    # Each row is predicted on its own, so concurrent requests may share a call (batching.py).
+    batchable = True
+
     def __init__(self, model):
         self._model = model
 
@@ -64,6 +67,8 @@ class _Estimator:
 
 class _Booster:
     """An XGBoost Booster saved as `model.bst`."""
+
+    batchable = True
 
     def __init__(self, booster):
         self._booster = booster
