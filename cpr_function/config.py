@@ -45,6 +45,7 @@ KNOWN = (
     "CPR_MAX_MODEL_BYTES",
     "CPR_MAX_REQUEST_BYTES",
     "CPR_INSTALL_DEPENDENCIES",
+    "CPR_DELETE_AFTER_LOAD",
     "CPR_LEGACY_COMPAT",
     "CPR_ISOLATION",
     "CPR_MEMORY_BUDGET",
@@ -74,6 +75,7 @@ class Config:
     max_model_bytes: int = 500 * 10**6
     max_request_bytes: int = 32 * 10**6
     install_dependencies: bool = False
+    delete_after_load: bool = False
     legacy_compat: bool = True
     isolation: str = "auto"
     memory_budget: int | None = None
@@ -124,6 +126,7 @@ class Config:
             max_request_bytes=_size(get, "CPR_MAX_REQUEST_BYTES", cls.max_request_bytes),
             cache_dir=Path(get("CPR_CACHE_DIR") or cls.cache_dir),
             install_dependencies=_flag(get, "CPR_INSTALL_DEPENDENCIES", False),
+            delete_after_load=_flag(get, "CPR_DELETE_AFTER_LOAD", False),
             legacy_compat=_flag(get, "CPR_LEGACY_COMPAT", True),
             isolation=isolation,
             memory_budget=_size(get, "CPR_MEMORY_BUDGET", 0) if budget else None,
@@ -175,6 +178,7 @@ class Config:
             "maxModelBytes": self.max_model_bytes,
             "maxRequestBytes": self.max_request_bytes,
             "installDependencies": self.install_dependencies,
+            "deleteAfterLoad": self.delete_after_load,
             "legacyCompat": self.legacy_compat,
             "isolation": self.isolation,
             "memoryBudgetBytes": self.memory_budget,

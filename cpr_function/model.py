@@ -61,7 +61,7 @@ class LazyModel:
         with self._lock:
             if self._predictor is None:
                 try:
-                    self._predictor = self._load()
+                    self._predictor = self._load_and_free()
                     self.last_error = None
                 except CprError as exc:
                     self.last_error = str(exc)
@@ -145,6 +145,22 @@ class LazyModel:
         with self._lock:
             self._predictor = None
 
+    def _load_and_free(self):
+        """`_load`, then with CPR_DELETE_AFTER_LOAD what was downloaded for it removed.
+
+        That is the model directory's files and the package archives; unpacked
+        packages stay, since code may import from them at any time. Nothing is removed
+        while another load holds the cache (`Storage.in_use`), so a load never loses
+        a file between its download and its `from_path`. Loading again (after an
+        unload, in a new worker) downloads them again.
+        """
+        if not self._config.delete_after_load:
+            return self._load()
+        with self._storage.in_use():
+            loaded = self._load()
+        self._storage.discard(self._listings)
+        return loaded
+
     def _load(self):
         config, spec = self._config, self.spec
         if spec.is_example:
@@ -161,6 +177,7 @@ class LazyModel:
                     f"{config.max_model_bytes} that CPR_MAX_MODEL_BYTES allows"
                 )
             fetched = [self._storage.fetch(x) for x in [origin, *package_listings]]
+            self._listings = [origin, *package_listings]
             self.fetch_stats = {
                 "objects": sum(f.objects for f in fetched),
                 "downloaded": sum(f.downloaded for f in fetched),

@@ -8,7 +8,16 @@ import sys
 
 import pytest
 import requests
-from conftest import EXAMPLES, IRIS, REPO, iris_expected, make_tar, upload_dir, upload_file
+from conftest import (
+    EXAMPLES,
+    IRIS,
+    REPO,
+    iris_expected,
+    make_tar,
+    upload_dir,
+    upload_file,
+    version_status,
+)
 from kit_source import kit_files
 
 EXAMPLE_SDIST = EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz"
@@ -70,6 +79,46 @@ def test_restart_reuses_the_cache_and_a_new_generation_is_fetched(
     updated = function(env)
     assert updated.predict({"instances": IRIS}).json()["predictions"] == [2, 2, 2]
     assert updated.version_status()["cache"]["downloaded"] == 1, "only the rewritten object"
+
+
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_delete_after_load_empties_the_cache_and_a_restart_downloads_again(
+    function, example_in_gcs, iris_dir, tmp_path, isolation
+):
+    cache = tmp_path / "cache"
+    env = {
+        **example_in_gcs,
+        "CPR_CACHE_DIR": str(cache),
+        "CPR_DELETE_AFTER_LOAD": "true",
+        "CPR_ISOLATION": isolation,
+    }
+    expected = {"predictions": iris_expected(iris_dir, IRIS)}
+    first = function(env)
+    assert first.predict({"instances": IRIS}).json() == expected
+    assert _downloaded_files(cache) == [], "the model's files and the package archive are gone"
+    assert list((cache / "packages").rglob("predictor.py")), "the unpacked package stays"
+    assert first.predict({"instances": IRIS}).json() == expected
+    status = first.status()
+    assert status["config"]["deleteAfterLoad"] is True
+    assert version_status(status)["cache"]["downloaded"] == 3
+    first.stop()
+
+    again = function(env)
+    assert again.predict({"instances": IRIS}).json() == expected
+    cache_status = again.version_status()["cache"]
+    assert cache_status["downloaded"] == 3, "a restart downloads the model again"
+    assert cache_status["unpacked"] == 0, "and uses the package unpacked before"
+    assert _downloaded_files(cache) == []
+
+
+def _downloaded_files(cache) -> list[str]:
+    """What the object store and the model folders hold, partial entries included."""
+    return [
+        p.relative_to(cache).as_posix()
+        for folder in ("objects", "models")
+        for p in (cache / folder).rglob("*")
+        if ".locks" not in p.relative_to(cache).parts
+    ]
 
 
 @pytest.fixture
