@@ -51,7 +51,9 @@ class App:
         import flask
 
         started = time.perf_counter()
-        token = logs.TRACE.set(logs.trace_from(request.headers.get("X-Cloud-Trace-Context")))
+        # From the WSGI environ: `request.headers` raises and catches a KeyError per absent header.
+        trace = logs.trace_from(request.environ.get("HTTP_X_CLOUD_TRACE_CONTEXT"))
+        token = logs.TRACE.set(trace)
         headers, note = {}, {}
         try:
             status, body = self._route(request, note)
@@ -233,25 +235,22 @@ def load_catalog(config: Config) -> Catalog:
 
 
 def _log_request(request, status: int, seconds: float, note: dict) -> None:
-    latency = f"{seconds:.6f}s"
-    log.info(
-        "%s %s -> %d in %.1f ms",
-        request.method,
-        request.path,
-        status,
-        seconds * 1000,
-        extra=logs.fields(
-            httpRequest={
-                "requestMethod": request.method,
-                "requestUrl": request.path,
+    method, path = request.method, request.path
+    logs.request(
+        log,
+        f"{method} {path} -> {status} in {seconds * 1000:.1f} ms",
+        {
+            "httpRequest": {
+                "requestMethod": method,
+                "requestUrl": path,
                 "status": status,
-                "latency": latency,
-                "userAgent": request.headers.get("User-Agent", ""),
+                "latency": f"{seconds:.6f}s",
+                "userAgent": request.environ.get("HTTP_USER_AGENT", ""),
             },
-            status=status,
-            latencyMs=round(seconds * 1000, 3),
+            "status": status,
+            "latencyMs": round(seconds * 1000, 3),
             **note,
-        ),
+        },
     )
 
 

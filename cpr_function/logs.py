@@ -8,6 +8,7 @@ plus the record's own fields (`model`, `version`, `phase`, `seconds`, ...).
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import sys
@@ -68,23 +69,69 @@ def trace_from(header: str | None) -> dict | None:
     return found
 
 
+def request(logger: logging.Logger, message: str, values: dict) -> None:
+    """Logs the one entry of an answered request at INFO, with `values` as its fields.
+
+    The same as `logger.info(message, extra=fields(**values))`, but when that would reach
+    only the JSON handler `configure` installed, the line is written straight to it. In
+    bench/overhead.py a LogRecord and the trip through the handlers took about 60 us a
+    request, a fifth of the function's own work on a small prediction; this takes half.
+    """
+    handler = _direct_handler(logger)
+    if handler is not None:
+        try:
+            line = _line("INFO", message, time.time(), logger.name, os.getpid(), values)
+            with handler.lock:
+                handler.stream.write(line + handler.terminator)
+                handler.stream.flush()
+            return
+        except Exception:
+            pass  # the ordinary path below meets the same failure and reports it
+    logger.info(message, extra=fields(**values))
+
+
+def _direct_handler(logger: logging.Logger) -> logging.Handler | None:
+    """The JSON handler, when an INFO record of `logger` would go to it and nowhere else."""
+    package = logger.parent
+    handlers = package.handlers if package is not None else ()
+    if (
+        len(handlers) == 1
+        and isinstance(handlers[0].formatter, _Json)
+        and package.name == "cpr_function"
+        and not (logger.handlers or logger.filters or package.filters or handlers[0].filters)
+        and logger.propagate
+        and not (package.propagate or logger.disabled)
+        and handlers[0].level <= logging.INFO
+        and logger.isEnabledFor(logging.INFO)
+    ):
+        return handlers[0]
+    return None
+
+
 class _Json(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        import orjson
-
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        entry = {
-            "severity": record.levelname,
-            "message": message,
-            "time": _iso(record.created),
-            "logger": record.name,
-            "pid": record.process,
-        }
-        entry.update(getattr(record, "cpr_fields", None) or {})
-        entry.update(TRACE.get() or {})
-        return orjson.dumps(entry, default=str).decode()
+        values = getattr(record, "cpr_fields", None) or {}
+        return _line(record.levelname, message, record.created, record.name, record.process, values)
+
+
+def _line(
+    severity: str, message: str, created: float, name: str, pid: int | None, values: dict
+) -> str:
+    import orjson
+
+    entry = {
+        "severity": severity,
+        "message": message,
+        "time": _iso(created),
+        "logger": name,
+        "pid": pid,
+        **values,
+        **(TRACE.get() or {}),
+    }
+    return orjson.dumps(entry, default=str).decode()
 
 
 class _Text(logging.Formatter):
@@ -93,5 +140,10 @@ class _Text(logging.Formatter):
 
 
 def _iso(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{seconds}.{int(created % 1 * 1e6):06d}Z"
+    return f"{_utc_second(int(created))}.{int(created % 1 * 1e6):06d}Z"
+
+
+@functools.lru_cache(maxsize=2)
+def _utc_second(second: int) -> str:
+    """A second in ISO 8601, formatted once: strftime took 5 to 10 us an entry when serving."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))

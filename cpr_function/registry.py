@@ -88,6 +88,8 @@ class Registry:
         return ("FAILED", error) if error else ("READY", None)
 
     def _used(self, key: str) -> None:
+        if self._config.memory_budget is None and key in self._recent:
+            return  # without a budget, which versions were used matters, not in what order
         with self._lock:
             self._recent[key] = None
             self._recent.move_to_end(key)

@@ -6,6 +6,7 @@ Paths are matched on their end, so a Cloud Functions URL prefix does not matter.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 from .errors import NotFound
@@ -52,6 +53,14 @@ def match(path: str) -> Route:
     Raises:
         NotFound: no route ends the path.
     """
+    # A function is called on the same few paths over and over; the patterns are tried
+    # once per path. Only short paths are remembered: a path can be megabytes long.
+    if len(path) <= _REMEMBERED_LENGTH:
+        return _remembered(path)
+    return _search(path)
+
+
+def _search(path: str) -> Route:
     trimmed = path.rstrip("/")
     for pattern, actions in _COMPILED:
         found = pattern.search(trimmed)
@@ -63,3 +72,7 @@ def match(path: str) -> Route:
         "AI Platform v1 or Vertex AI route such as POST /v1/projects/P/models/M:predict, or "
         "GET /openapi.json"
     )
+
+
+_REMEMBERED_LENGTH = 256
+_remembered = functools.lru_cache(maxsize=256)(_search)

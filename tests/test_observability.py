@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 
 from conftest import IRIS, iris_expected
+
+from cpr_function import logs
 
 
 def entries(fn) -> list[dict]:
@@ -52,6 +56,35 @@ def test_json_logs_carry_the_trace_phases_and_one_entry_per_request(function, ir
         p["logging.googleapis.com/trace"].endswith("0af7651916cd43dd8448eb211c80319c")
         for p in phases.values()
     ), "the cold start is logged under the request that caused it"
+
+
+def test_a_request_entry_is_the_same_written_directly_or_through_logging(capsys):
+    """Only the JSON handler on the way: the entry is written to it directly. A filter
+    (or any other handler) on the way: it goes through logging, and reads the same."""
+    package = logging.getLogger("cpr_function")
+    saved = package.handlers[:]
+    package.handlers.clear()
+    token = logs.TRACE.set({"logging.googleapis.com/trace": "projects/p/traces/t"})
+    values = {"httpRequest": {"requestUrl": "/predict", "status": 200}, "status": 200}
+    try:
+        logs.configure("json")
+        logs.request(logging.getLogger("cpr_function.app"), "POST /predict -> 200", values)
+        package.handlers[0].addFilter(lambda record: True)
+        logs.request(logging.getLogger("cpr_function.app"), "POST /predict -> 200", values)
+    finally:
+        logs.TRACE.reset(token)
+        package.handlers[:] = saved
+    direct, through = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert direct.pop("time") <= through.pop("time")
+    expected = {
+        "severity": "INFO",
+        "message": "POST /predict -> 200",
+        "logger": "cpr_function.app",
+        "pid": os.getpid(),
+        **values,
+        "logging.googleapis.com/trace": "projects/p/traces/t",
+    }
+    assert direct == through == expected
 
 
 def test_text_logs_when_asked(function, iris_dir, tmp_path):

@@ -1,0 +1,156 @@
+"""Warm overhead: this function vs a hand-written function serving the same predictor.
+
+Usage: python bench/overhead.py [--seconds 3] [--rounds 6]
+
+Both are `functions-framework --target predict` processes with the same THREADS and
+WORKERS: this repository's main.py with no CPR_* variable (the bundled example, loaded
+from its package), and bench/bare_handler.py, which loads the example's predictor once
+from examples/custom_code and does only json.loads, predict and json.dumps per request.
+A second process of the bare handler runs as a control: its ratio to the first is what
+two identical processes differ by in this run (noise, and where each landed in memory),
+the margin within which the main ratio says little. A fourth process,
+bench/alternate_handler.py, answers every other request with each of the two handlers
+and adds up the CPU time each spends: the same interpreter, memory and moment for both,
+so the difference is the overhead alone. All answers are checked equal first; then each
+process is loaded with 1-instance bodies over 1 and 8 keep-alive connections, rounds
+rotating which goes first, so that machine noise falls on all alike. CPU is the gunicorn
+worker's user and system time over each run, per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO, Function, Load, load  # noqa: E402
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+BODY = {"instances": [ROW]}
+CONNECTIONS = (1, 8)
+SETTINGS = {"WORKERS": "1"}
+THREADS = 8
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system time of a process and its reaped children (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pid(fn: Function) -> int:
+    """The gunicorn worker answering for a function (its one child)."""
+    children = Path(f"/proc/{fn.proc.pid}/task/{fn.proc.pid}/children").read_text().split()
+    return int(children[0])
+
+
+def measure(functions: dict[str, Function], *, rounds: int, seconds: float) -> dict:
+    """Loads each function in turn at each connection count, `rounds` times over.
+
+    Returns:
+        Per side and connection count, one (load, worker CPU seconds per request, the
+        alternating process's handler CPU per side or None) per round.
+    """
+    results: dict[tuple[str, int], list[tuple[Load, float, dict | None]]] = {}
+    pids = {side: worker_pid(fn) for side, fn in functions.items()}
+    sides = list(functions)
+    for round_ in range(rounds):
+        shift = round_ % len(sides)
+        order = sides[shift:] + sides[:shift]
+        for connections in CONNECTIONS:
+            for side in order:
+                fn = functions[side]
+                split = fn.call("/cpu") if side == "alternating" else None  # counts anew
+                before = cpu_seconds(pids[side])
+                run = load(fn.port, "/predict", BODY, connections=connections, seconds=seconds)
+                cpu = (cpu_seconds(pids[side]) - before) / len(run.latencies)
+                split = fn.call("/cpu") if side == "alternating" else None
+                results.setdefault((side, connections), []).append((run, cpu, split))
+    return results
+
+
+def report(results: dict, *, rounds: int, seconds: float) -> None:
+    median = statistics.median
+
+    def ratios(side: str, connections: int) -> list[float]:
+        pairs = zip(results[(side, connections)], results[("bare", connections)], strict=True)
+        return sorted(o.throughput / b.throughput for (o, *_), (b, *_) in pairs)
+
+    print(
+        "this function vs a bare functions-framework handler, the bundled example, 1 instance, "
+        f"THREADS={THREADS}, {rounds} rounds of {seconds:g}s"
+    )
+    print(
+        f"{'conns':>5} {'throughput ratio':>17} {'(range)':>13} {'p50 added':>10} "
+        f"{'ours p50':>9} {'bare p50':>9} {'ours p99':>9} {'bare p99':>9} "
+        f"{'ours cpu':>9} {'bare cpu':>9} {'control':>8}"
+    )
+    print(f"{'':>42}(ms){'':>36}(ms){'':>6}(us/req)")
+    for connections in CONNECTIONS:
+        ours, bare = results[("ours", connections)], results[("bare", connections)]
+        spread = ratios("ours", connections)
+        added = median((o.p50 - b.p50) * 1000 for (o, *_), (b, *_) in zip(ours, bare, strict=True))
+        print(
+            f"{connections:>5} {median(spread):>16.3f}x "
+            f"{f'({spread[0]:.2f}-{spread[-1]:.2f})':>13} {added:>10.3f} "
+            f"{median(o.p50 for o, *_ in ours) * 1000:>9.3f} "
+            f"{median(b.p50 for b, *_ in bare) * 1000:>9.3f} "
+            f"{median(o.p99 for o, *_ in ours) * 1000:>9.3f} "
+            f"{median(b.p99 for b, *_ in bare) * 1000:>9.3f} "
+            f"{median(c for _, c, _ in ours) * 1e6:>9.0f} "
+            f"{median(c for _, c, _ in bare) * 1e6:>9.0f} "
+            f"{median(ratios('control', connections)):>7.3f}x"
+        )
+    print("control: a second bare handler process against the first (identical code)")
+    print()
+    print("one process answering with the two handlers in turn: CPU in the handler (us/request)")
+    print(f"{'conns':>5} {'ours':>7} {'bare':>7} {'added':>7} {'as a throughput ratio':>22}")
+    for connections in CONNECTIONS:
+        splits = [split for _, _, split in results[("alternating", connections)]]
+        ours, bare = median(s["ours"] for s in splits), median(s["bare"] for s in splits)
+        # What the added CPU would cost the bare process, whose whole request takes `whole`.
+        whole = median(c for _, c, _ in results[("bare", connections)]) * 1e6
+        print(
+            f"{connections:>5} {ours:>7.1f} {bare:>7.1f} {ours - bare:>7.1f} "
+            f"{whole / (whole + ours - bare):>21.3f}x"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+    bench = REPO / "bench"
+    with tempfile.TemporaryDirectory(prefix="cpr-bench-overhead-") as cache:
+        functions: dict[str, Function] = {}
+        try:
+            settings = {**SETTINGS, "CPR_CACHE_DIR": cache}
+            functions["ours"] = Function(settings, threads=THREADS)
+            for side in ("bare", "control"):
+                functions[side] = Function(
+                    SETTINGS, source=bench / "bare_handler.py", threads=THREADS
+                )
+            functions["alternating"] = Function(
+                settings, source=bench / "alternate_handler.py", threads=THREADS
+            )
+            answers = [fn.call("/predict", BODY) for fn in functions.values()]
+            answers.append(functions["alternating"].call("/predict", BODY))  # the other side
+            if len({json.dumps(a) for a in answers}) != 1:
+                raise RuntimeError(f"the functions disagree: {answers}")
+            for fn in functions.values():  # first requests out of the way on all
+                load(fn.port, "/predict", BODY, connections=8, seconds=0.5)
+            results = measure(functions, rounds=args.rounds, seconds=args.seconds)
+        finally:
+            for fn in functions.values():
+                fn.stop()
+    report(results, rounds=args.rounds, seconds=args.seconds)
+
+
+if __name__ == "__main__":
+    main()
