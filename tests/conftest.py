@@ -63,8 +63,7 @@ def emulator(tmp_path_factory):
     log.close()
 
 
-@pytest.fixture
-def gcs(emulator):
+def _client():
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
@@ -72,9 +71,20 @@ def gcs(emulator):
 
 
 @pytest.fixture
+def gcs(emulator):
+    return _client()
+
+
+@pytest.fixture
 def bucket(gcs):
     """A fresh bucket in the emulator."""
     return gcs.create_bucket(f"b-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="module")
+def module_bucket(emulator):
+    """A fresh bucket in the emulator shared by one test module's tests."""
+    return _client().create_bucket(f"m-{uuid.uuid4().hex[:12]}")
 
 
 def upload_dir(bucket, local: Path, prefix: str) -> str:
@@ -90,6 +100,22 @@ def upload_file(bucket, local: Path, name: str) -> str:
 
 
 # Archives
+
+
+def counting_env(bucket, iris_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """Settings serving the test kit's Counting predictor over the iris model, both in the
+    bucket; each from_path call is logged to KIT_LOG."""
+    from kit_source import kit_files
+
+    return {
+        "CPR_ORIGIN": upload_dir(bucket, iris_dir, "iris"),
+        "CPR_PACKAGE_URIS": upload_file(
+            bucket, make_tar(tmp_path / "kit.tar.gz", kit_files()), "kit-0.1.tar.gz"
+        ),
+        "CPR_PREDICTION_CLASS": "kit.Counting",
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        "KIT_LOG": str(tmp_path / "from_path.log"),
+    }
 
 
 def make_tar(path: Path, files: dict[str, str | bytes], *, extra=()) -> Path:

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 import requests
-from conftest import IRIS, REPO, iris_expected, make_tar, upload_dir, upload_file, version_status
+from conftest import IRIS, REPO, counting_env, iris_expected, make_tar, upload_file, version_status
 from kit_source import kit_files
 
 from cpr_function.storage import ObjectChanged, Storage, StorageUnavailable
@@ -303,16 +303,7 @@ def _stage(bucket, tmp_path: Path, module: str, weights: bytes, filler, iris_dir
 
 def _kit_in_gcs(bucket, iris_dir: Path, tmp_path: Path, proxy: StorageProxy) -> dict[str, str]:
     """The test kit's Counting predictor over the iris model, read through the proxy."""
-    return {
-        "CPR_ORIGIN": upload_dir(bucket, iris_dir, "iris"),
-        "CPR_PACKAGE_URIS": upload_file(
-            bucket, make_tar(tmp_path / "kit.tar.gz", kit_files()), "kit-0.1.tar.gz"
-        ),
-        "CPR_PREDICTION_CLASS": "kit.Counting",
-        "CPR_CACHE_DIR": str(tmp_path / "cache"),
-        "KIT_LOG": str(tmp_path / "from_path.log"),
-        "STORAGE_EMULATOR_HOST": proxy.url,
-    }
+    return {**counting_env(bucket, iris_dir, tmp_path), "STORAGE_EMULATOR_HOST": proxy.url}
 
 
 def _all_at_once(fn, count: int) -> list[tuple[requests.Response, float]]:

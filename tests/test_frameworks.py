@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import uuid
 
 import joblib
 import numpy as np
@@ -52,14 +51,11 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(trained, emulator, tmp_path_factory):
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
+def served(trained, module_bucket, tmp_path_factory):
     dirs, _ = trained
-    client = storage.Client(project="test", credentials=AnonymousCredentials())
-    bucket = client.create_bucket(f"b-{uuid.uuid4().hex[:12]}")
-    versions = {name: {"origin": upload_dir(bucket, path, name)} for name, path in dirs.items()}
+    versions = {
+        name: {"origin": upload_dir(module_bucket, path, name)} for name, path in dirs.items()
+    }
     versions["pkl"]["framework"] = "scikit-learn"
     versions["xgb_sklearn"]["framework"] = "xgboost"
     versions["wrong"] = {"origin": versions["bst"]["origin"], "framework": "tensorflow"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 
 import pytest
 import requests
@@ -70,16 +69,11 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(built, emulator, tmp_path_factory):
+def served(built, module_bucket, tmp_path_factory):
     """One function serving the MLflow models from the storage emulator, as versions of `iris`."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
     root, _ = built
-    client = storage.Client(project="test", credentials=AnonymousCredentials())
-    bucket = client.create_bucket(f"b-{uuid.uuid4().hex[:12]}")
     versions = {
-        name: {"origin": upload_dir(bucket, root / name, name)}
+        name: {"origin": upload_dir(module_bucket, root / name, name)}
         for name in ("columns", "nosig", "tensors")
     }
     models = {"models": {"iris": {"default_version": "columns", "versions": versions}}}

@@ -12,13 +12,12 @@ from conftest import (
     EXAMPLES,
     IRIS,
     REPO,
+    counting_env,
     iris_expected,
-    make_tar,
     upload_dir,
     upload_file,
     version_status,
 )
-from kit_source import kit_files
 
 EXAMPLE_SDIST = EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz"
 
@@ -124,15 +123,7 @@ def _downloaded_files(cache) -> list[str]:
 @pytest.fixture
 def counting_in_gcs(bucket, iris_dir, tmp_path):
     """The test kit's Counting predictor over the iris model, both in Cloud Storage."""
-    return {
-        "CPR_ORIGIN": upload_dir(bucket, iris_dir, "iris"),
-        "CPR_PACKAGE_URIS": upload_file(
-            bucket, make_tar(tmp_path / "kit.tar.gz", kit_files()), "kit-0.1.tar.gz"
-        ),
-        "CPR_PREDICTION_CLASS": "kit.Counting",
-        "CPR_CACHE_DIR": str(tmp_path / "cache"),
-        "KIT_LOG": str(tmp_path / "from_path.log"),
-    }
+    return counting_env(bucket, iris_dir, tmp_path)
 
 
 def _predict_many(fn, count: int, threads: int) -> list:

@@ -6,7 +6,6 @@ import base64
 import functools
 import subprocess
 import sys
-import uuid
 
 import numpy as np
 import pytest
@@ -104,14 +103,9 @@ def mixed_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def linear(emulator, linear_dir, tmp_path_factory):
+def linear(module_bucket, linear_dir, tmp_path_factory):
     """A function serving the linear model from a Cloud Storage bucket, framework named."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(project="test", credentials=AnonymousCredentials())
-    bucket = client.create_bucket(f"tf-{uuid.uuid4().hex[:12]}")
-    origin = upload_dir(bucket, linear_dir, "models/linear")
+    origin = upload_dir(module_bucket, linear_dir, "models/linear")
     work = tmp_path_factory.mktemp("linear-function")
     env = {"CPR_ORIGIN": origin, "CPR_FRAMEWORK": "tensorflow", "CPR_CACHE_DIR": str(work / "c")}
     for function in _serve(env, work):

@@ -269,8 +269,7 @@ def _check_columns(columns: list[dict[str, Any]], rows: list[dict[str, Any]], fm
                     f"signature requires ({kind}); columns received: "
                     f"{', '.join(map(str, row)) or 'none'}"
                 )
-            accepted = _ACCEPTS.get(kind)
-            if accepted and (not isinstance(value, accepted) or _is_bool_for_number(value, kind)):
+            if not _fits(value, _ACCEPTS.get(kind), kind):
                 raise BadRequest(
                     f"{fmt}: column {name!r} is {kind} in the model's signature; row {index} "
                     f"holds {json_type(value)} {str(value)[:50]!r}"
@@ -287,7 +286,7 @@ def _check_params(declared: list[dict[str, Any]], given: dict[str, Any]) -> None
             )
         kind = spec.get("type")
         accepted = _ACCEPTS.get(kind) if spec.get("shape") is None else (list,)
-        if accepted and (not isinstance(value, accepted) or _is_bool_for_number(value, kind)):
+        if not _fits(value, accepted, kind):
             shown = f"{json_type(value)} {str(value)[:50]!r}" if value is not None else "null"
             raise BadRequest(
                 f"params: {name!r} is {kind}{'' if spec.get('shape') is None else ' list'} in the "
@@ -295,8 +294,12 @@ def _check_params(declared: list[dict[str, Any]], given: dict[str, Any]) -> None
             )
 
 
-def _is_bool_for_number(value: Any, kind: str) -> bool:
-    return isinstance(value, bool) and kind != "boolean"
+def _fits(value: Any, accepted: tuple[type, ...] | None, kind: str) -> bool:
+    """Whether a JSON value is one of the accepted types; JSON's true and false are not
+    numbers, though Python's bool is an int. No accepted types: anything fits."""
+    if not accepted:
+        return True
+    return isinstance(value, accepted) and not (isinstance(value, bool) and kind != "boolean")
 
 
 def _check_tensors(tensors: list[dict[str, Any]], data: Any, fmt: str) -> None:
