@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import batching, frameworks, legacy, logs, packages, predictor
+from . import batching, frameworks, gcpause, legacy, logs, packages, predictor
 from .catalog import VersionSpec
 from .config import Config
 from .errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
@@ -146,7 +146,8 @@ class LazyModel:
             self._predictor = None
 
     def _load_and_free(self):
-        """`_load`, then with CPR_DELETE_AFTER_LOAD what was downloaded for it removed.
+        """`_load` with the cyclic garbage collector paused (gcpause.py), then with
+        CPR_DELETE_AFTER_LOAD what was downloaded for it removed.
 
         That is the model directory's files and the package archives; unpacked
         packages stay, since code may import from them at any time. Nothing is removed
@@ -155,8 +156,9 @@ class LazyModel:
         unload, in a new worker) downloads them again.
         """
         if not self._config.delete_after_load:
-            return self._load()
-        with self._storage.in_use():
+            with gcpause.paused():
+                return self._load()
+        with self._storage.in_use(), gcpause.paused():
             loaded = self._load()
         self._storage.discard(self._listings)
         return loaded

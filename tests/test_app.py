@@ -171,6 +171,19 @@ def test_load_failures_name_the_problem(kit, cls, message):
     assert version_status(client.get("/").get_json())["lastError"] == answer.get_json()["error"]
 
 
+def test_garbage_collection_pauses_while_a_version_loads_and_only_then(kit):
+    # Paused: loading is faster (bench/coldstart.py). Only then: a process left without
+    # its collector would grow without bound on cyclic garbage.
+    import gc
+
+    assert gc.isenabled()
+    answer = kit("CollectorState").post("/", json={"instances": [1]})
+    assert answer.get_json() == {"predictions": [{"at_load": False, "serving": True}]}
+    assert gc.isenabled()
+    assert kit("BrokenLoad").post("/", json={"instances": [1]}).status_code == 500
+    assert gc.isenabled(), "a failed load must switch the collector back on too"
+
+
 def test_wrong_module_lists_what_the_packages_provide(kit):
     client = kit("Echo", CPR_PREDICTION_CLASS="predictors.MyPredictor")
     answer = client.post("/", json={"instances": [1]})
