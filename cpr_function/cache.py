@@ -36,23 +36,21 @@ def materialize(final: Path, build: Callable[[Path], None]) -> bool:
     with thread_lock:
         if final.exists():
             return False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        from filelock import FileLock
-
-        locks = final.parent / ".locks"
-        locks.mkdir(exist_ok=True)
-        with FileLock(str(locks / final.name)):
+        with _file_lock(final.parent / ".locks" / final.name):
             if final.exists():
                 return False
             _remove_orphans(final)
             partial = final.parent / f".{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex}"
             with _guard:
                 _writing.add(partial)
+            renamed = False
             try:
                 build(partial)
                 os.replace(partial, final)
+                renamed = True
             finally:
-                _remove(partial)
+                if not renamed:
+                    _remove(partial)
                 with _guard:
                     _writing.discard(partial)
             return True
@@ -129,9 +127,9 @@ def _remove_orphans(final: Path) -> None:
     that was replaced, does not keep its partial download in /tmp (memory, on
     Cloud Functions) for the instance's whole life.
     """
-    from filelock import FileLock, Timeout
-
-    partials = list(final.parent.glob(".*.partial-*"))
+    partials = [
+        final.parent / e.name for e in os.scandir(final.parent) if ".partial-" in e.name
+    ]
     with _guard:
         writing = _writing.copy()
     for partial in partials:
@@ -143,15 +141,35 @@ def _remove_orphans(final: Path) -> None:
             # Being written by another thread here: asking its lock would only cost
             # time, once per other download in flight for every entry built.
             continue
-        lock = FileLock(str(final.parent / ".locks" / name))
+        with _file_lock(final.parent / ".locks" / name, wait=False) as held:
+            if held:  # else its writer is alive
+                _remove(partial)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on `path` across processes (flock(2)), held for the block.
+
+    Yields whether it is held: always when `wait`, else only if it was free. The kernel
+    lets go of it when the holder exits, however it ends. (filelock's FileLock did the
+    same at about 0.2 ms a lock; this takes a few microseconds.)
+    """
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # the first entry of its folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            continue  # its writer is alive
-        try:
-            _remove(partial)
-        finally:
-            lock.release()
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # which lets go of the lock
 
 
 def _remove(path: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from . import cache
+from . import cache, ramp
 from .errors import LoadError
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,10 @@ class Storage:
             ]
 
     def _fetch_blobs(self, blobs: Iterable[Blob]) -> Fetched:
-        from concurrent.futures import ThreadPoolExecutor
-
         blobs = list(blobs)
-        with ThreadPoolExecutor(max_workers=self._parallelism) as pool:
-            built = list(pool.map(self._fetch_blob, blobs))
+        built = ramp.run(
+            blobs, self._fetch_blob, size=lambda b: b.size, counted=bool, most=self._parallelism
+        )
         return Fetched(
             path=self._root,
             objects=len(blobs),

@@ -269,10 +269,13 @@ def function(tmp_path):
 
 
 class LyingProxy:
-    """A loopback HTTP proxy in front of the emulator that can corrupt object downloads.
+    """A loopback HTTP proxy in front of the emulator that can corrupt object downloads,
+    and shape them like a store that answers one at a time or one that takes time.
 
     Listings pass through untouched, so they carry the true checksums; while `lie`
-    is set, the bytes of every media download have their last byte flipped.
+    is set, the bytes of every media download have their last byte flipped. Each media
+    download waits `delay` seconds first; with `serial` set, they are answered one at a
+    time. `most_at_once` is the most media downloads that were in the proxy at once.
     """
 
     def __init__(self, upstream: str):
@@ -281,9 +284,31 @@ class LyingProxy:
 
         proxy = self
         self.lie = True
+        self.delay = 0.0
+        self.serial = False
+        self.most_at_once = 0
+        at_once = [0]
+        counting, one_at_a_time = threading.Lock(), threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _forward(self):
+                media = "alt=media" in self.path
+                if not media:
+                    return self._answer()
+                with counting:
+                    at_once[0] += 1
+                    proxy.most_at_once = max(proxy.most_at_once, at_once[0])
+                try:
+                    time.sleep(proxy.delay)
+                    if not proxy.serial:
+                        return self._answer()
+                    with one_at_a_time:
+                        return self._answer()
+                finally:
+                    with counting:
+                        at_once[0] -= 1
+
+            def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
@@ -311,7 +336,11 @@ class LyingProxy:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 64  # every connection is taken, even when answered serially
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

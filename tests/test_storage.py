@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import subprocess
 import sys
 import time
@@ -182,3 +183,30 @@ def _cached(cache) -> list[str]:
         for p in (cache / folder).iterdir()
         if p.name != ".locks"
     )
+
+
+@pytest.mark.parametrize("serial", [True, False], ids=["one-at-a-time", "parallel-with-latency"])
+def test_downloads_run_as_many_at_once_as_make_them_faster(bucket, lying_proxy, tmp_path, serial):
+    """Against a store answering one download at a time (as the emulator does, with a short
+    listen queue that 8 connections overflow), no more than 4 are sent at once; against one
+    that answers in parallel after 100 ms, as Cloud Storage does after tens of ms, all 8
+    are used."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    files = {f"f{i:02d}": os.urandom(2000 + 50 * i) for i in range(80)}
+    uri = upload_dir(bucket, _tree(tmp_path / "src", files), "m")
+    lying_proxy.lie, lying_proxy.serial, lying_proxy.delay = False, serial, 0.0 if serial else 0.1
+    client = storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": lying_proxy.url},
+    )
+    store = Storage(tmp_path / "cache", client=client)
+    fetched = store.fetch(store.list_directory(uri))
+    assert fetched.downloaded == 80
+    assert {p.name: p.read_bytes() for p in fetched.path.iterdir()} == files
+    if serial:
+        assert lying_proxy.most_at_once <= 4
+    else:
+        assert lying_proxy.most_at_once == 8
