@@ -9,7 +9,8 @@ on all alike:
 
 - ours: `Storage(cache).fetch(storage.list_directory(uri))` on a cold cache, as a
   cold start does it (listing, checksums, atomic entries, the hard-linked folder),
-  8 downloads at a time, and the same one at a time;
+  up to 8 downloads at a time as ramp.py finds them faster (the default), and
+  `parallelism=1`, always one at a time;
 - sequential: the loop a user writes, `for blob in client.list_blobs(...):
   blob.download_to_filename(...)`;
 - transfer_manager: google-cloud-storage's `download_many_to_path`, 8 workers,

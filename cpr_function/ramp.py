@@ -6,9 +6,9 @@ files several times faster than one. A server that answers one request at a time
 storage emulator most tests use) gains nothing from eight, and its short listen queue
 overflows: each connection it drops waits a second for the client to try again; and
 there even two at a time are slower than one, since the client's threads then contend
-for the interpreter lock with nothing to gain. So the number in flight starts at one and
-doubles while doing so makes the work go faster by at least `_GAIN`; the first doubling
-that does not is undone and the number stays.
+for the interpreter lock with nothing to gain. So the number in flight is found by
+measuring (`_Gauge`): two, then four, doubling on while each step makes the work at
+least `_GAIN` times faster, or down to one when four did not.
 
 Speed is measured in work units per second, a unit being one request plus every
 `_BYTES_PER_REQUEST` bytes (what a request costs in time on a typical connection), so
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 _GAIN = 1.4
 _BYTES_PER_REQUEST = 256 * 1024
-_START = 1
 
 
 def run(
@@ -58,7 +57,7 @@ def run(
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     results: list = [None] * len(items)
-    gauge = _Gauge(start=min(_START, most), most=most)
+    gauge = _Gauge(most=most)
     order = sorted(range(len(items)), key=lambda i: size(items[i]), reverse=gauge.settled)
     pending, reordered = deque(order), gauge.settled
     with ThreadPoolExecutor(max_workers=most) as pool:
@@ -91,14 +90,19 @@ def run(
 
 
 class _Gauge:
-    """How many items to keep in flight, from the speed of successive windows of completions."""
+    """How many items to keep in flight, from the speed of successive windows of completions.
 
-    def __init__(self, *, start: int, most: int):
-        self.limit = start
-        self.settled = start >= most
+    Two first (safe against a listen queue of five), then four. When four is `_GAIN`
+    times faster, the store answers in parallel: eight next, and so on up to `most`,
+    while each doubling pays. When it is not, the store answers one at a time: one is
+    tried, and kept unless two were faster.
+    """
+
+    def __init__(self, *, most: int):
+        self.limit = min(2, most)
+        self.settled = self.limit >= most
         self._most = most
-        self._previous = start
-        self._best: float | None = None
+        self._speeds: dict[int, float] = {}
         # The first window pays for connections and threads being set up: not a measure.
         self._warming = not self.settled
         self._window_start = time.perf_counter()
@@ -121,12 +125,20 @@ class _Gauge:
         if self._warming:
             self._warming = False
             return
-        if self._best is not None and speed < self._best * _GAIN:
-            self.limit, self.settled = self._previous, True  # the last doubling did not pay
-        elif self.limit >= self._most:
-            self.settled = True
+        self._speeds[self.limit] = speed
+        self.limit, self.settled = self._next()
         if self.settled:
             log.info("%d at a time: the fastest (at most %d)", self.limit, self._most)
-        else:
-            self._best, self._previous = speed, self.limit
-            self.limit = min(self.limit * 2, self._most)
+
+    def _next(self) -> tuple[int, bool]:
+        speeds, limit = self._speeds, self.limit
+        if limit == 1:
+            return (1, True) if speeds[1] >= speeds[2] else (2, True)
+        if limit == 2:
+            return min(4, self._most), False
+        lower = limit // 2 if limit // 2 in speeds else max(k for k in speeds if k < limit)
+        if speeds[limit] >= _GAIN * speeds[lower]:
+            return (limit, True) if limit >= self._most else (min(2 * limit, self._most), False)
+        if lower == 2:
+            return 1, False  # four did not pay: the store takes one at a time
+        return lower, True
