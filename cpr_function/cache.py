@@ -127,9 +127,7 @@ def _remove_orphans(final: Path) -> None:
     that was replaced, does not keep its partial download in /tmp (memory, on
     Cloud Functions) for the instance's whole life.
     """
-    partials = [
-        final.parent / e.name for e in os.scandir(final.parent) if ".partial-" in e.name
-    ]
+    partials = [final.parent / e.name for e in os.scandir(final.parent) if ".partial-" in e.name]
     with _guard:
         writing = _writing.copy()
     for partial in partials:
