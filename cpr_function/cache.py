@@ -19,12 +19,14 @@ _thread_locks: dict[Path, threading.Lock] = {}
 _writing: set[Path] = set()
 
 
-def materialize(final: Path, build: Callable[[Path], None]) -> bool:
+def materialize(final: Path, build: Callable[[Path], None], *, sweep: bool = True) -> bool:
     """Makes `final` exist, built by `build` at most once across threads and processes.
 
     `build` writes a file or a directory at the temporary path it is given; that
     path is renamed to `final` only once `build` returns, so a crash or an error
-    never leaves a partial entry where a reader would take it.
+    never leaves a partial entry where a reader would take it. Before building, the
+    orphans of killed writers in its folder are removed (see `sweep`), unless the
+    caller swept the folder itself (`sweep=False`: one listing for many entries).
 
     Returns:
         True when this call built the entry, False when it was already there.
@@ -39,7 +41,8 @@ def materialize(final: Path, build: Callable[[Path], None]) -> bool:
         with _file_lock(final.parent / ".locks" / final.name):
             if final.exists():
                 return False
-            _remove_orphans(final)
+            if sweep:
+                _remove_orphans(final.parent, final.name)
             partial = final.parent / f".{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex}"
             with _guard:
                 _writing.add(partial)
@@ -117,30 +120,41 @@ def _open_use_lock(root: Path) -> int:
     return os.open(root / ".in-use", os.O_RDWR | os.O_CREAT, 0o644)
 
 
-def _remove_orphans(final: Path) -> None:
-    """Removes the partial entries that writers killed mid-build left next to `final`.
+def sweep(folder: Path) -> None:
+    """Removes the partial entries that writers killed mid-build left in `folder`.
+
+    For a caller about to build many entries there with `materialize(sweep=False)`:
+    one listing of the folder instead of one per entry (3,000 entries took 1.8 s of
+    listings when each swept).
+    """
+    with contextlib.suppress(FileNotFoundError):  # nothing was ever built there
+        _remove_orphans(folder, None)
+
+
+def _remove_orphans(folder: Path, held: str | None) -> None:
+    """Removes the partial entries that writers killed mid-build left in `folder`.
 
     A partial entry exists only while its writer holds the entry's file lock, so
-    one whose lock is free has no writer left. Those of `final` are orphans (the
-    caller holds its lock); those of other entries are removed when their lock can
-    be taken at once, so a generation that is never asked for again, or a model
+    one whose lock is free has no writer left. Those of the entry `held` are orphans
+    (the caller holds its lock); those of other entries are removed when their lock
+    can be taken at once, so a generation that is never asked for again, or a model
     that was replaced, does not keep its partial download in /tmp (memory, on
     Cloud Functions) for the instance's whole life.
     """
-    partials = [final.parent / e.name for e in os.scandir(final.parent) if ".partial-" in e.name]
+    partials = [folder / e.name for e in os.scandir(folder) if ".partial-" in e.name]
     with _guard:
         writing = _writing.copy()
     for partial in partials:
         name = partial.name[1:].split(".partial-")[0]
-        if name == final.name:
+        if name == held:
             _remove(partial)
             continue
         if partial in writing:
             # Being written by another thread here: asking its lock would only cost
             # time, once per other download in flight for every entry built.
             continue
-        with _file_lock(final.parent / ".locks" / name, wait=False) as held:
-            if held:  # else its writer is alive
+        with _file_lock(folder / ".locks" / name, wait=False) as free:
+            if free:  # else its writer is alive
                 _remove(partial)
 
 

@@ -186,6 +186,7 @@ class Storage:
 
     def _fetch_blobs(self, blobs: Iterable[Blob]) -> Fetched:
         blobs = list(blobs)
+        cache.sweep(self._root / "objects")
         built = ramp.run(
             blobs, self._fetch_blob, size=lambda b: b.size, counted=bool, most=self._parallelism
         )
@@ -197,7 +198,9 @@ class Storage:
         )
 
     def _fetch_blob(self, blob: Blob) -> bool:
-        return cache.materialize(self._object_path(blob), lambda tmp: self._download(blob, tmp))
+        return cache.materialize(
+            self._object_path(blob), lambda tmp: self._download(blob, tmp), sweep=False
+        )
 
     def _object_path(self, blob: Blob) -> Path:
         key = hashlib.sha256(f"{blob.bucket}/{blob.name}".encode()).hexdigest()[:40]

@@ -210,3 +210,33 @@ def test_downloads_run_as_many_at_once_as_make_them_faster(bucket, lying_proxy, 
         assert lying_proxy.most_at_once <= 4
     else:
         assert lying_proxy.most_at_once == 8
+
+
+def test_a_fetch_removes_partial_downloads_of_dead_writers_and_keeps_live_ones(
+    store, bucket, tmp_path
+):
+    uri = upload_dir(bucket, _tree(tmp_path / "src", {"a": b"1"}), "m")
+    objects = tmp_path / "cache" / "objects"
+    (objects / ".locks").mkdir(parents=True)
+    dead = objects / ".k1-1.partial-99999-x"
+    live = objects / ".k2-1.partial-99998-y"
+    dead.write_bytes(b"half of a download whose process was killed")
+    live.write_bytes(b"half of a download another process is writing")
+    writer = [
+        sys.executable,
+        "-c",
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n",
+        str(objects / ".locks" / "k2-1"),
+    ]
+    with subprocess.Popen(writer, stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout.readline() == "held\n"
+            assert store.fetch(store.list_directory(uri)).downloaded == 1
+        finally:
+            holder.kill()
+    assert not dead.exists(), "its writer is gone: an orphan, removed"
+    assert live.read_bytes() == b"half of a download another process is writing"
