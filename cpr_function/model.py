@@ -14,7 +14,7 @@ from . import batching, frameworks, gcpause, legacy, logs, packages, predictor
 from .catalog import VersionSpec
 from .config import Config
 from .errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
-from .storage import Storage
+from .storage import ObjectChanged, Storage
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +170,13 @@ class LazyModel:
         log.info("loading model %s version %s", spec.model, spec.name)
         start = time.perf_counter()
         with self._phase("download"):
-            origin = self._storage.list_directory(spec.origin)
-            package_listings = [self._storage.list_file(u) for u in spec.package_uris]
+            try:
+                origin, package_listings, fetched = self._download()
+            except ObjectChanged as exc:
+                # Replaced while this cold start fetched it: the new version, whole.
+                log.warning("%s; listing model %s version %s again", exc, spec.model, spec.name)
+                origin, package_listings, fetched = self._download()
             total = origin.size + sum(p.size for p in package_listings)
-            if total > config.max_model_bytes:
-                raise LoadError(
-                    f"the model directory and packages total {total} bytes, more than the "
-                    f"{config.max_model_bytes} that CPR_MAX_MODEL_BYTES allows"
-                )
-            fetched = [self._storage.fetch(x) for x in [origin, *package_listings]]
             self._listings = [origin, *package_listings]
             self.fetch_stats = {
                 "objects": sum(f.objects for f in fetched),
@@ -232,6 +230,23 @@ class LazyModel:
             self.phases,
         )
         return loaded
+
+    def _download(self):
+        """Lists the model directory and packages, checks their size, fetches them.
+
+        Raises:
+            ObjectChanged: an object was replaced between its listing and its download.
+        """
+        origin = self._storage.list_directory(self.spec.origin)
+        package_listings = [self._storage.list_file(u) for u in self.spec.package_uris]
+        total = origin.size + sum(p.size for p in package_listings)
+        if total > self._config.max_model_bytes:
+            raise LoadError(
+                f"the model directory and packages total {total} bytes, more than the "
+                f"{self._config.max_model_bytes} that CPR_MAX_MODEL_BYTES allows"
+            )
+        fetched = [self._storage.fetch(x) for x in [origin, *package_listings]]
+        return origin, package_listings, fetched
 
     @contextlib.contextmanager
     def _phase(self, name: str):

@@ -54,9 +54,9 @@ class StorageProxy:
     Requests are forwarded as they are. Object downloads (`alt=media`) are counted
     per object name (`downloads`, and `resumed` for ranged ones), and can be made to
     wait `latency` seconds, trickle at `rate` bytes a second, arrive with their last
-    byte flipped (`corrupt`), or run `before_media(name)` first. With `faithful`, a
-    download of a generation that is no longer the live one answers 404, as Cloud
-    Storage does and the emulator does not. `stop()` takes it off the air, cutting
+    byte flipped (`corrupt`), or run `before_media(name, generation asked for)` first.
+    With `faithful`, a download of a generation that is no longer the live one answers
+    404, as Cloud Storage does and the emulator does not. `stop()` takes it off the air, cutting
     the bodies under way; `start()` brings it back on the same port.
     """
 
@@ -144,10 +144,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         name = unquote(name)
         ranged = any(k.lower() == "range" for k in headers)
         proxy.record(proxy.resumed if ranged else proxy.downloads, name)
-        if proxy.before_media is not None:
-            proxy.before_media(name)
-        time.sleep(proxy.latency)
         wanted = query.get("generation", [None])[0]
+        if proxy.before_media is not None:
+            proxy.before_media(name, wanted)
+        time.sleep(proxy.latency)
         if proxy.faithful and wanted and proxy.live_generation(bucket, name) != wanted:
             error = {"error": {"code": 404, "message": f"No such object: {bucket}/{name}"}}
             self._reply(404, {"Content-Type": "application/json"}, json.dumps(error).encode())
@@ -762,23 +762,34 @@ def _constant_model() -> bytes:
 
 
 @pytest.mark.parametrize("faithful", [False, True], ids=["new-bytes-served", "404-for-old"])
+@pytest.mark.parametrize("rewrites", [1, 2], ids=["rewritten-once", "rewritten-again"])
 def test_a_model_rewritten_between_listing_and_download_is_never_served_mixed(
-    function, bucket, iris_dir, tmp_path, proxy, faithful
+    function, bucket, iris_dir, tmp_path, proxy, faithful, rewrites
 ):
+    """Rewritten once during a cold start: it lists the model again and serves the new one.
+    Rewritten again during that second try: a 503 naming the object; the next request
+    serves the new model. Never a mix of the two."""
     old = {"model.joblib": (iris_dir / "model.joblib").read_bytes(), "stamp.txt": b"old"}
-    new = {"model.joblib": _constant_model(), "stamp.txt": b"new"}
+    constant = _constant_model()
+    replacements = [
+        {"model.joblib": constant, "stamp.txt": b"new"},
+        {"model.joblib": constant, "stamp.txt": b"newer"},
+    ][:rewrites]
+    new = replacements[-1]
     for name, data in old.items():
         bucket.blob(f"m/{name}").upload_from_string(data)
     archive = make_tar(tmp_path / "kit.tar.gz", kit_files())
-    rewritten, lock = threading.Event(), threading.Lock()
+    done, lock = [], threading.Lock()
 
-    def rewrite(name: str) -> None:
-        # At the first download of the model, after it was listed: both files change.
+    def rewrite(name: str, generation: str | None) -> None:
+        # At a download of the live generation (one from a fresh listing), up to
+        # `rewrites` times: both files change (new generations, with other bytes).
         with lock:
-            if name.startswith("m/") and not rewritten.is_set():
-                for other, data in new.items():
+            live = proxy.live_generation(bucket.name, name)
+            if name.startswith("m/") and len(done) < rewrites and generation == live:
+                for other, data in replacements[len(done)].items():
                     bucket.blob(f"m/{other}").upload_from_string(data)
-                rewritten.set()
+                done.append(name)
 
     # The emulator serves the live bytes whatever generation is asked for; Cloud
     # Storage answers 404 for a generation that is gone. Both must end the same way.
@@ -798,15 +809,20 @@ def test_a_model_rewritten_between_listing_and_download_is_never_served_mixed(
     mixed = sum(d not in (old, new) for d in served)
     how = "404 for the old generation" if faithful else "the new bytes served"
     print(
-        f"\nrewritten after listing ({how}): first answer {first.status_code} "
-        f"({first.json().get('error')}); next answer {second.status_code} "
-        f"{second.json().get('predictions')}; model folders cached: {len(served)}, "
-        f"mixed: {mixed}"
+        f"\nrewritten {len(done)} time(s) after listing ({how}): first answer "
+        f"{first.status_code} ({first.json().get('error')}); next answer "
+        f"{second.status_code} {second.json().get('predictions')}; model folders cached: "
+        f"{len(served)}, mixed: {mixed}"
     )
-    assert rewritten.is_set()
-    assert first.status_code == 503
-    assert f"gs://{bucket.name}/m/" in first.json()["error"]
-    assert "changed after it was listed: expected generation" in first.json()["error"]
+    assert len(done) == rewrites
+    if rewrites == 1:
+        assert first.status_code == 200
+        assert first.json()["predictions"] == [2, 2, 2], "the new model, whole, at once"
+        assert "listing model default version v1 again" in fn.log()
+    else:
+        assert first.status_code == 503
+        assert f"gs://{bucket.name}/m/" in first.json()["error"]
+        assert "changed after it was listed: expected generation" in first.json()["error"]
     assert second.status_code == 200
     assert second.json()["predictions"] == [2, 2, 2], "the new model, whole"
     assert served == [new]
