@@ -26,7 +26,7 @@ class App:
 
     def __init__(self, config: Config, *, storage: Storage | None = None):
         self.config = config
-        storage = storage or Storage(config.cache_dir)
+        storage = storage or Storage.configured(config)
         self.catalog = load_catalog(config)
         self.registry = Registry(self.catalog, config, storage)
         self._local_paths = [
@@ -223,7 +223,7 @@ def load_catalog(config: Config) -> Catalog:
         return config.catalog
     uri = config.models_file
     # A storage client of its own: this runs at import, in the gunicorn master, before the fork.
-    storage = Storage(config.cache_dir)
+    storage = Storage.configured(config)
     try:
         path = storage.fetch(storage.list_file(uri, what="models file")).path
         text = path.read_text(encoding="utf-8")

@@ -41,7 +41,7 @@ def _version(config: Config, spec: VersionSpec, instance: Any, out: TextIO) -> b
     from .model import LazyModel
     from .storage import Storage
 
-    model = LazyModel(spec, config, Storage(config.cache_dir))
+    model = LazyModel(spec, config, Storage.configured(config))
     try:
         model.get()
     except CprError as exc:

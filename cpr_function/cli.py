@@ -169,7 +169,7 @@ def _local_predict(args) -> int:
     configure("text")
     config, spec = _flag_config(args)
     instances = _read_instances(args.json_instances)
-    model = LazyModel(spec, config, Storage(config.cache_dir))
+    model = LazyModel(spec, config, Storage.configured(config))
     body = orjson.loads(protocol.encode(model.respond({"instances": instances})))
     predictions = body.get("predictions") if isinstance(body, dict) else None
     if not isinstance(predictions, list):

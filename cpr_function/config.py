@@ -52,6 +52,7 @@ KNOWN = (
     "CPR_LOG_FORMAT",
     "CPR_WARMUP",
     "CPR_PREDICT_TIMEOUT",
+    "CPR_STORAGE_RETRY_SECONDS",
     "CPR_MICROBATCH",
     "CPR_MICROBATCH_MAX_SIZE",
     "CPR_MICROBATCH_WAIT_MS",
@@ -82,6 +83,7 @@ class Config:
     log_format: str = "auto"
     warmup: str = "none"
     predict_timeout: float | None = None
+    storage_retry_seconds: float = 20.0
     microbatch: str = "false"
     microbatch_max_size: int = 64
     microbatch_wait: float = 0.002
@@ -133,6 +135,9 @@ class Config:
             log_format=log_format,
             warmup=warmup,
             predict_timeout=_seconds(get, "CPR_PREDICT_TIMEOUT"),
+            storage_retry_seconds=(
+                _seconds(get, "CPR_STORAGE_RETRY_SECONDS") or cls.storage_retry_seconds
+            ),
             **_microbatch(get, cls),
         )
         model = catalog.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
@@ -184,6 +189,7 @@ class Config:
             "memoryBudgetBytes": self.memory_budget,
             "warmup": self.warmup,
             "predictTimeoutSeconds": self.predict_timeout,
+            "storageRetrySeconds": self.storage_retry_seconds,
             "microbatch": self.microbatch,
             "microbatchMaxSize": self.microbatch_max_size,
             "microbatchWaitMs": round(self.microbatch_wait * 1000, 3),

@@ -89,6 +89,11 @@ class Storage:
         self._parallelism = parallelism
         self._retry_seconds = retry_seconds
 
+    @classmethod
+    def configured(cls, config) -> Storage:
+        """The storage a `Config` describes: its cache, its retry window."""
+        return cls(config.cache_dir, retry_seconds=config.storage_retry_seconds)
+
     def list_directory(self, uri: str) -> Listing:
         """Lists a model directory.
 

@@ -238,7 +238,7 @@ def serve(conn) -> int:
     # The parent keeps the deadline: it ends this process when a prediction runs past it.
     config = dataclasses.replace(config, predict_timeout=None)
     configure(config.log_format)
-    model = LazyModel(spec, config, Storage(config.cache_dir))
+    model = LazyModel(spec, config, Storage.configured(config))
     try:
         model.get()
     except Exception as exc:

@@ -77,6 +77,11 @@ def test_a_models_file_replaces_the_single_model_settings():
             "CPR_INSTALL_DEPENDENCIES must be true or false; got 'maybe'",
         ),
         ({"CPR_MODEL_NAME": "my model"}, "CPR_MODEL_NAME must be letters, digits"),
+        (
+            {"CPR_STORAGE_RETRY_SECONDS": "0"},
+            "CPR_STORAGE_RETRY_SECONDS must be a positive number of seconds such as 30 or 2.5; "
+            "got '0'",
+        ),
         ({"CPR_ORIGN": "x"}, "unknown setting CPR_ORIGN; known settings are CPR_ORIGIN,"),
         (
             {"CPR_FORWARD_TO": "projects/p/models/m"},
