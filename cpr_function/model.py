@@ -146,8 +146,7 @@ class LazyModel:
             self._predictor = None
 
     def _load_and_free(self):
-        """`_load` with the cyclic garbage collector paused (gcpause.py), then with
-        CPR_DELETE_AFTER_LOAD what was downloaded for it removed.
+        """`_load`, then with CPR_DELETE_AFTER_LOAD what was downloaded for it removed.
 
         That is the model directory's files and the package archives; unpacked
         packages stay, since code may import from them at any time. Nothing is removed
@@ -156,9 +155,8 @@ class LazyModel:
         unload, in a new worker) downloads them again.
         """
         if not self._config.delete_after_load:
-            with gcpause.paused():
-                return self._load()
-        with self._storage.in_use(), gcpause.paused():
+            return self._load()
+        with self._storage.in_use():
             loaded = self._load()
         self._storage.discard(self._listings)
         return loaded
@@ -199,28 +197,31 @@ class LazyModel:
             else:
                 roots_after = []
             self.fetch_stats["unpacked"] = sum(p.unpacked for p in unpacked)
-        with self._phase("import"):
-            if config.legacy_compat:
-                legacy.install()
-            provided = [m for p in unpacked for m in p.modules]
-            if self._claim is not None:
-                self._claim(spec, provided)
-            predictor.activate(roots, provided)
-            if roots_after:
-                sys.path.extend(str(r) for r in roots_after)
-            if spec.prediction_class:
-                cls = predictor.resolve(spec.prediction_class, provided)
-        with self._phase("from_path"):
-            if spec.prediction_class:
-                loaded = predictor.construct(cls, model_dir)
-            else:
-                loaded = frameworks.load(model_dir, spec.framework)
-            loaded = batching.wrap(
-                loaded,
-                mode=config.microbatch,
-                max_size=config.microbatch_max_size,
-                wait=config.microbatch_wait,
-            )
+        # No cyclic garbage collection from here to the end of from_path (gcpause.py):
+        # downloads and unpacking, which can take long, run with it.
+        with gcpause.paused():
+            with self._phase("import"):
+                if config.legacy_compat:
+                    legacy.install()
+                provided = [m for p in unpacked for m in p.modules]
+                if self._claim is not None:
+                    self._claim(spec, provided)
+                predictor.activate(roots, provided)
+                if roots_after:
+                    sys.path.extend(str(r) for r in roots_after)
+                if spec.prediction_class:
+                    cls = predictor.resolve(spec.prediction_class, provided)
+            with self._phase("from_path"):
+                if spec.prediction_class:
+                    loaded = predictor.construct(cls, model_dir)
+                else:
+                    loaded = frameworks.load(model_dir, spec.framework)
+                loaded = batching.wrap(
+                    loaded,
+                    mode=config.microbatch,
+                    max_size=config.microbatch_max_size,
+                    wait=config.microbatch_wait,
+                )
         self.phases["total"] = round(time.perf_counter() - start, 6)
         log.info(
             "model %s version %s loaded in %.3fs: %s",

@@ -8,7 +8,8 @@ overflows: each connection it drops waits a second for the client to try again; 
 there even two at a time are slower than one, since the client's threads then contend
 for the interpreter lock with nothing to gain. So the number in flight is found by
 measuring (`_Gauge`): two, then four, doubling on while each step makes the work at
-least `_GAIN` times faster, or down to one when four did not.
+least `_GAIN` times faster, or down to one when four did not (two if two were that much
+faster than one).
 
 Speed is measured in work units per second, a unit being one request plus every
 `_BYTES_PER_REQUEST` bytes (what a request costs in time on a typical connection), so
@@ -31,7 +32,7 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
-_GAIN = 1.4
+_GAIN = 1.3
 _BYTES_PER_REQUEST = 256 * 1024
 
 
@@ -47,55 +48,79 @@ def run(
 
     Args:
         size: an item's bytes, for the measure of speed.
-        counted: whether a result did the work its size says (False: it was already
-            cached, took no time, and says nothing about the server).
+        counted: whether a result did the work its size says (False: someone else did
+            it meanwhile, it took no time and says nothing about the server).
         most: the most items in flight at once.
 
     Raises:
         What `work` raised first; the items not yet started are not started.
     """
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+    if len(items) < 2:
+        return [work(item) for item in items]
     results: list = [None] * len(items)
     gauge = _Gauge(most=most)
-    order = sorted(range(len(items)), key=lambda i: size(items[i]), reverse=gauge.settled)
-    pending, reordered = deque(order), gauge.settled
+    pending = deque(sorted(range(len(items)), key=lambda i: size(items[i])))
+    reordered = False
+
+    def done(i: int, token: tuple) -> None:
+        if counted(results[i]):
+            gauge.finished(token, 1 + size(items[i]) / _BYTES_PER_REQUEST)
+
     with ThreadPoolExecutor(max_workers=most) as pool:
-        running: dict = {}
+        running: dict[Future, tuple[int, tuple]] = {}  # the item, its token from the gauge
         while pending or running:
             if gauge.limit == 1 and not running:
                 # One at a time: on this thread, without a hand-over to the pool and back.
                 i = pending.popleft()
+                token = gauge.started(1)
                 results[i] = work(items[i])
-                if counted(results[i]):
-                    gauge.completed(1 + size(items[i]) / _BYTES_PER_REQUEST)
-                continue
-            while pending and len(running) < gauge.limit:
-                i = pending.popleft()
-                running[pool.submit(work, items[i])] = i
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                i = running.pop(future)
-                error = future.exception()
-                if error is not None:
-                    pending.clear()
-                    wait(running)
-                    raise error
-                results[i] = future.result()
-                if counted(results[i]):
-                    gauge.completed(1 + size(items[i]) / _BYTES_PER_REQUEST)
+                done(i, token)
+            else:
+                while pending and len(running) < gauge.limit:
+                    i = pending.popleft()
+                    token = gauge.started(len(running) + 1)
+                    running[pool.submit(work, items[i])] = (i, token)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i, token = running.pop(future)
+                    if future.exception() is not None:
+                        pending.clear()
+                        _wait_out(running)
+                        raise future.exception()
+                    results[i] = future.result()
+                    done(i, token)
             if gauge.settled and not reordered:
-                pending, reordered = deque(sorted(pending, key=lambda i: -size(items[i]))), True
+                # Measured: now the largest first, so that none is left running alone.
+                pending = deque(sorted(pending, key=lambda i: -size(items[i])))
+                reordered = True
     return results
 
 
+def _wait_out(running: dict) -> None:
+    """Waits for the items under way after a failure; logs what else failed."""
+    from concurrent.futures import wait
+
+    for future in wait(running).done:
+        if future.exception() is not None:
+            log.debug("also failed while stopping: %r", future.exception())
+
+
 class _Gauge:
-    """How many items to keep in flight, from the speed of successive windows of completions.
+    """How many items to keep in flight, from the speed measured at each number tried.
 
     Two first (safe against a listen queue of five), then four. When four is `_GAIN`
     times faster, the store answers in parallel: eight next, and so on up to `most`,
     while each doubling pays. When it is not, the store answers one at a time: one is
-    tried, and kept unless two were faster.
+    tried, and kept unless two were `_GAIN` times faster (a store that answers two at once).
+
+    Speed at a number in flight is taken from the items started after it was chosen,
+    each on its own (Little's law): its work times the items in flight when it started,
+    over the time it took. A store that answers one at a time makes each item wait
+    behind the others, so the speed stays; one that answers in parallel does not, so
+    it doubles. Items still under way from the number before, or the slots filling up
+    after a change, do not blur the measure as a count of completions per window would.
     """
 
     def __init__(self, *, most: int):
@@ -103,42 +128,54 @@ class _Gauge:
         self.settled = self.limit >= most
         self._most = most
         self._speeds: dict[int, float] = {}
-        # The first window pays for connections and threads being set up: not a measure.
+        self._step = 0
+        # The first item pays for connections and threads being set up: not a measure.
         self._warming = not self.settled
-        self._window_start = time.perf_counter()
-        self._window_units = 0.0
-        self._window_count = 0
+        self._work = 0.0
+        self._seconds = 0.0
+        self._count = 0
 
-    def completed(self, units: float) -> None:
-        """Counts one finished item of `units` work; at the end of a window, decides."""
-        if self.settled:
+    def started(self, in_flight: int) -> tuple[int, float, int]:
+        """A token for an item starting with `in_flight` items under way, itself included."""
+        return self._step, time.perf_counter(), in_flight
+
+    def finished(self, token: tuple[int, float, int], units: float) -> None:
+        """Counts a finished item of `units` work; once enough are counted, decides."""
+        step, started, in_flight = token
+        if self.settled or step != self._step:
             return
-        self._window_units += units
-        self._window_count += 1
-        # A window: one item per slot, at least two (the warm-up: one).
-        if self._window_count < (1 if self._warming else max(2, self.limit)):
+        self._work += units * in_flight
+        self._seconds += time.perf_counter() - started
+        self._count += 1
+        # Two items per slot: one window of single items was seen to be thrown off by a
+        # hiccup of the machine (4 measured 1.1x 2 where it is otherwise 1.6x).
+        if self._count < (1 if self._warming else 2 * self.limit):
             return
-        now = time.perf_counter()
-        speed = self._window_units / max(now - self._window_start, 1e-9)
-        log.debug("ramp: %d at a time: %.1f units/s over %d", self.limit, speed, self._window_count)
-        self._window_start, self._window_units, self._window_count = now, 0.0, 0
+        speed = self._work / max(self._seconds, 1e-9)
+        log.debug("ramp: %d at a time: %.1f units/s over %d", self.limit, speed, self._count)
+        self._step += 1
+        self._work, self._seconds, self._count = 0.0, 0.0, 0
         if self._warming:
             self._warming = False
             return
         self._speeds[self.limit] = speed
-        self.limit, self.settled = self._next()
+        self.limit, self.settled = _next(self._speeds, self.limit, self._most)
         if self.settled:
             log.info("%d at a time: the fastest (at most %d)", self.limit, self._most)
 
-    def _next(self) -> tuple[int, bool]:
-        speeds, limit = self._speeds, self.limit
-        if limit == 1:
-            return (1, True) if speeds[1] >= speeds[2] else (2, True)
-        if limit == 2:
-            return min(4, self._most), False
-        lower = limit // 2 if limit // 2 in speeds else max(k for k in speeds if k < limit)
-        if speeds[limit] >= _GAIN * speeds[lower]:
-            return (limit, True) if limit >= self._most else (min(2 * limit, self._most), False)
-        if lower == 2:
-            return 1, False  # four did not pay: the store takes one at a time
-        return lower, True
+
+def _next(speeds: dict[int, float], limit: int, most: int) -> tuple[int, bool]:
+    """The number in flight to try next, and whether it is the one to keep.
+
+    `speeds` maps each number tried to its speed; `limit` is the one just measured.
+    """
+    if limit == 1:
+        return (2, True) if speeds[2] >= _GAIN * speeds[1] else (1, True)
+    if limit == 2:
+        return min(4, most), False
+    previous = max(k for k in speeds if k < limit)
+    if speeds[limit] >= _GAIN * speeds[previous]:
+        return (limit, True) if limit >= most else (min(2 * limit, most), False)
+    if previous == 2:
+        return 1, False  # four did not pay: the store takes one at a time
+    return previous, True

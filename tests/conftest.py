@@ -338,7 +338,6 @@ class LyingProxy:
 
         class Server(http.server.ThreadingHTTPServer):
             request_queue_size = 64  # every connection is taken, even when answered serially
-            daemon_threads = True
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
