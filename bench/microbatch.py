@@ -3,6 +3,7 @@
 Usage: python bench/microbatch.py [--seconds 3] [--rounds 3] [--connections 1,2,8,32]
                                   [--model example|forest|both] [--isolation none|process]
                                   [--wait-ms W] [--max-size N] [--ceiling]
+                                  [--generator python|wrk]
 
 `example` is the bundled example served with no CPR_* variable (its MyPredictor
 declares nothing, so batching is turned on for it with CPR_MICROBATCH=all);
@@ -14,7 +15,9 @@ between them so that machine noise falls on both alike. `--isolation process` se
 the version in a process of its own in both, where requests merge before its channel.
 `--ceiling` also loads a function that reads the body and answers a constant, with the
 same host and threads: no model, no routing, no logs; its throughput over `off`'s bounds
-what any change to the request path could gain.
+what any change to the request path could gain. `--generator wrk` makes the load with
+wrk, a C program, instead of a Python thread per connection, which on 2 cores takes CPU
+from the server it measures.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Function, load  # noqa: E402
+from harness import GENERATORS, Function  # noqa: E402
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 EMPTY = """
@@ -93,7 +96,7 @@ def run(model: str, args) -> None:
                 for mode, fn in functions.items():
                     before = merged(fn) if mode == "on" else (0, 0)
                     results.setdefault((mode, connections), []).append(
-                        load(
+                        GENERATORS[args.generator](
                             fn.port,
                             "/",
                             {"instances": [ROW]},
@@ -114,7 +117,7 @@ def run(model: str, args) -> None:
         f"micro-batching off vs on ({model}, CPR_ISOLATION={args.isolation}: "
         f"CPR_MICROBATCH={on['CPR_MICROBATCH']}, "
         f"wait {knobs['waitMs']:g} ms, max size {knobs['maxSize']}), 1 instance per request, "
-        f"median of {args.rounds} rounds"
+        f"median of {args.rounds} rounds, load from {args.generator}"
     )
     print(
         f"{'conns':>5} {'throughput ratio':>17} {'off req/s':>10} {'on req/s':>9} "
@@ -155,6 +158,7 @@ def main() -> None:
     parser.add_argument("--wait-ms", type=float, default=None)
     parser.add_argument("--max-size", type=int, default=None)
     parser.add_argument("--ceiling", action="store_true")
+    parser.add_argument("--generator", choices=sorted(GENERATORS), default="python")
     args = parser.parse_args()
     for model in ("example", "forest") if args.model == "both" else (args.model,):
         run(model, args)

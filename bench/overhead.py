@@ -1,6 +1,6 @@
 """Warm overhead: this function vs a hand-written function serving the same predictor.
 
-Usage: python bench/overhead.py [--seconds 3] [--rounds 6]
+Usage: python bench/overhead.py [--seconds 3] [--rounds 6] [--generator python|wrk]
 
 Both are `functions-framework --target predict` processes with the same THREADS and
 WORKERS: this repository's main.py with no CPR_* variable (the bundled example, loaded
@@ -14,7 +14,8 @@ and adds up the CPU time each spends: the same interpreter, memory and moment fo
 so the difference is the overhead alone. All answers are checked equal first; then each
 process is loaded with 1-instance bodies over 1 and 8 keep-alive connections, rounds
 rotating which goes first, so that machine noise falls on all alike. CPU is the gunicorn
-worker's user and system time over each run, per request.
+worker's user and system time over each run, per request. The load comes from
+`harness.load` (a Python thread per connection) or, with `--generator wrk`, from wrk.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import REPO, Function, Load, load  # noqa: E402
+from harness import GENERATORS, REPO, Function, Load, load  # noqa: E402
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 BODY = {"instances": [ROW]}
@@ -49,7 +50,7 @@ def worker_pid(fn: Function) -> int:
     return int(children[0])
 
 
-def measure(functions: dict[str, Function], *, rounds: int, seconds: float) -> dict:
+def measure(functions: dict[str, Function], *, rounds: int, seconds: float, generator: str) -> dict:
     """Loads each function in turn at each connection count, `rounds` times over.
 
     Returns:
@@ -67,14 +68,16 @@ def measure(functions: dict[str, Function], *, rounds: int, seconds: float) -> d
                 fn = functions[side]
                 split = fn.call("/cpu") if side == "alternating" else None  # counts anew
                 before = cpu_seconds(pids[side])
-                run = load(fn.port, "/predict", BODY, connections=connections, seconds=seconds)
-                cpu = (cpu_seconds(pids[side]) - before) / len(run.latencies)
+                run = GENERATORS[generator](
+                    fn.port, "/predict", BODY, connections=connections, seconds=seconds
+                )
+                cpu = (cpu_seconds(pids[side]) - before) / run.requests
                 split = fn.call("/cpu") if side == "alternating" else None
                 results.setdefault((side, connections), []).append((run, cpu, split))
     return results
 
 
-def report(results: dict, *, rounds: int, seconds: float) -> None:
+def report(results: dict, *, rounds: int, seconds: float, generator: str) -> None:
     median = statistics.median
 
     def ratios(side: str, connections: int) -> list[float]:
@@ -83,7 +86,7 @@ def report(results: dict, *, rounds: int, seconds: float) -> None:
 
     print(
         "this function vs a bare functions-framework handler, the bundled example, 1 instance, "
-        f"THREADS={THREADS}, {rounds} rounds of {seconds:g}s"
+        f"THREADS={THREADS}, {rounds} rounds of {seconds:g}s, load from {generator}"
     )
     print(
         f"{'conns':>5} {'throughput ratio':>17} {'(range)':>13} {'p50 added':>10} "
@@ -125,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--generator", choices=sorted(GENERATORS), default="python")
     args = parser.parse_args()
     bench = REPO / "bench"
     with tempfile.TemporaryDirectory(prefix="cpr-bench-overhead-") as cache:
@@ -145,11 +149,13 @@ def main() -> None:
                 raise RuntimeError(f"the functions disagree: {answers}")
             for fn in functions.values():  # first requests out of the way on all
                 load(fn.port, "/predict", BODY, connections=8, seconds=0.5)
-            results = measure(functions, rounds=args.rounds, seconds=args.seconds)
+            results = measure(
+                functions, rounds=args.rounds, seconds=args.seconds, generator=args.generator
+            )
         finally:
             for fn in functions.values():
                 fn.stop()
-    report(results, rounds=args.rounds, seconds=args.seconds)
+    report(results, rounds=args.rounds, seconds=args.seconds, generator=args.generator)
 
 
 if __name__ == "__main__":
