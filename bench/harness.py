@@ -6,10 +6,13 @@ import contextlib
 import http.client
 import json
 import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -213,12 +216,10 @@ def load_wrk(port: int, path: str, body: dict, *, connections: int, seconds: flo
     `load` runs one Python thread per connection, and on a 2-core machine those threads
     take CPU from the server they measure; wrk, on one thread, takes a fraction of it.
     """
-    import re
-    import shutil
-    import tempfile
-
     if shutil.which("wrk") is None:
         raise SystemExit("--generator wrk needs wrk on PATH (Debian: apt-get install wrk)")
+    if seconds < 1 or seconds != int(seconds):
+        raise SystemExit(f"wrk runs for whole seconds (1 or more); got --seconds {seconds:g}")
     script = (
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(json.dumps(body))}\n"
@@ -228,7 +229,7 @@ def load_wrk(port: int, path: str, body: dict, *, connections: int, seconds: flo
         lua.write(script)
         lua.flush()
         out = subprocess.run(
-            ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
+            ["wrk", "-t", "1", "-c", str(connections), "-d", f"{int(seconds)}s", "--latency"]
             + ["-s", lua.name, f"http://127.0.0.1:{port}{path}"],
             capture_output=True,
             text=True,

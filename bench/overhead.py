@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import GENERATORS, REPO, Function, Load, load  # noqa: E402
+from harness import GENERATORS, REPO, Function, Load, Summary, load  # noqa: E402
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 BODY = {"instances": [ROW]}
@@ -57,7 +57,7 @@ def measure(functions: dict[str, Function], *, rounds: int, seconds: float, gene
         Per side and connection count, one (load, worker CPU seconds per request, the
         alternating process's handler CPU per side or None) per round.
     """
-    results: dict[tuple[str, int], list[tuple[Load, float, dict | None]]] = {}
+    results: dict[tuple[str, int], list[tuple[Load | Summary, float, dict | None]]] = {}
     pids = {side: worker_pid(fn) for side, fn in functions.items()}
     sides = list(functions)
     for round_ in range(rounds):
