@@ -1,20 +1,24 @@
-"""Instructions per request, this function's handler vs the bare handler, counted by callgrind.
+"""Work per request, this function's handler vs the bare handler, counted by callgrind.
 
-Usage: python bench/instructions.py [--requests 2000] [--warm 1000]
+Usage: python bench/instructions.py [--requests 1000] [--warm 200] [--source NAME=FILE ...]
 
 Throughput on a shared 2-core machine moves by several percent between identical
-processes; instruction counts do not. Each handler is built with functions-framework's
+processes; what callgrind counts does not. Each handler is built with functions-framework's
 `create_app` (as `functions-framework --target predict` builds it) and called through
-WSGI, with no server and no sockets, under `valgrind --tool=callgrind`: once answering
-`--warm` requests and once answering `--requests` more, so that the difference over the
-count is what a request costs in user-space instructions once warm (Flask,
-functions-framework, the handler, the predictor, and the garbage collections requests
-cause). The warm requests include the first, which loads the model, and the full
-collection that follows a load: a one-time cost that a short count would spread over
-every request.
+WSGI, with no server and no sockets, under `valgrind --tool=callgrind` with its cache and
+branch simulation. Instrumentation starts after the import, the load and a first garbage
+collection; `--warm` requests then fill the simulated caches, a full collection follows,
+and only the next `--requests` are counted: the counters are zeroed before them and
+dumped after them by callgrind's client requests, from a 10-line C helper built here with
+the system's compiler and valgrind's header.
+
+Per request it prints user-space instructions, first-level cache misses, last-level
+misses, mispredicted branches, and callgrind's cycle estimate from them
+(instructions + 10 x (L1 misses + mispredictions) + 100 x LL misses): what the request
+path costs in Flask, functions-framework, the handler and the predictor once warm.
 What this leaves out: system calls (the kernel's side of them) and what threads cost each
 other; a real server adds gunicorn's own work per request, the same for both.
-Needs valgrind (Debian's package `valgrind`).
+Needs valgrind and a C compiler (Debian's packages `valgrind` and `gcc`).
 """
 
 from __future__ import annotations
@@ -25,21 +29,30 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = {"ours": "main.py", "bare": "bench/bare_handler.py"}
 
-# Run under valgrind: build one handler and answer `count` requests.
+_HELPER = """
+#include <valgrind/callgrind.h>
+void cg_start(void) { CALLGRIND_START_INSTRUMENTATION; }
+void cg_zero(void) { CALLGRIND_ZERO_STATS; }
+void cg_dump(void) { CALLGRIND_DUMP_STATS_AT("measured"); }
+"""
+
+# Run under valgrind: build one handler, warm it, and answer the counted requests.
 _CALLER = """
-import io, sys
+import ctypes, gc, io, sys
 import functions_framework
 
-app = functions_framework.create_app("predict", sys.argv[1])
+helper = ctypes.CDLL(sys.argv[1])
+app = functions_framework.create_app("predict", sys.argv[2])
 body = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
-answers = set()
-for _ in range(int(sys.argv[2])):
+
+def request():
     environ = {
         "REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
@@ -49,53 +62,108 @@ for _ in range(int(sys.argv[2])):
         "wsgi.run_once": False, "wsgi.version": (1, 0),
     }
     answer = app(environ, lambda status, headers, exc_info=None: None)
-    answers.add(b"".join(answer).replace(b" ", b""))
+    out = b"".join(answer).replace(b" ", b"")
     answer.close()
+    return out
+
+answers = {request() for _ in range(20)}  # the load, and first-time work
+gc.collect()
+helper.cg_start()
+answers |= {request() for _ in range(int(sys.argv[3]))}
+gc.collect()
+helper.cg_zero()
+answers |= {request() for _ in range(int(sys.argv[4]))}
+helper.cg_dump()
 print(answers.pop().decode() if len(answers) == 1 else f"differing answers: {answers}")
 """
 
+# callgrind's own cycle estimate: weights per event.
+_WEIGHTS = {"Ir": 1, "I1mr": 10, "D1mr": 10, "D1mw": 10, "ILmr": 100, "DLmr": 100, "DLmw": 100}
+_WEIGHTS |= {"Bcm": 10, "Bim": 10}
 
-def instructions(source: str, count: int) -> tuple[int, str]:
-    """User-space instructions of a whole run answering `count` requests, and its answer."""
+
+def build_helper(directory: Path) -> Path:
+    """Compiles the client-request helper into `directory`."""
+    source, library = directory / "helper.c", directory / "helper.so"
+    source.write_text(_HELPER)
+    compiler = os.environ.get("CC", "cc")
+    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", library, source], check=True)
+    return library
+
+
+def count(helper: Path, source: str, warm: int, requests: int, out: Path) -> tuple[dict, str]:
+    """Callgrind's events over `requests` warm requests of one handler, and its answer."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CPR_")}
     env.update(PYTHONHASHSEED="0", CPR_LOG_FORMAT="json")
-    run = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-        + [sys.executable, "-c", _CALLER, source, str(count)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(re.search(r"Collected : (\d+)", run.stderr).group(1)), run.stdout.strip()
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--cache-sim=yes",
+        "--branch-sim=yes",
+        f"--callgrind-out-file={out}",
+    ]
+    command += [sys.executable, "-c", _CALLER, str(helper), source, str(warm), str(requests)]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    dumped = [p for p in out.parent.glob(out.name + "*") if "measured" in p.read_text()[:4000]]
+    if len(dumped) != 1:
+        raise RuntimeError(f"expected one dump of the counted requests, found {dumped}")
+    text = dumped[0].read_text()
+    names = re.search(r"^events: (.*)$", text, re.M).group(1).split()
+    values = map(int, re.search(r"^summary: (.*)$", text, re.M).group(1).split())
+    return dict(zip(names, values, strict=True)), run.stdout.strip()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--warm", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--warm", type=int, default=200)
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="another handler to count beside the two (a main.py of your own)",
+    )
     args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        raise SystemExit("needs valgrind on PATH (Debian: apt-get install valgrind)")
-    total = args.warm + args.requests
-    runs = [(side, count) for side in SOURCES for count in (args.warm, total)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        counted = pool.map(lambda run: instructions(SOURCES[run[0]], run[1]), runs)
-        done = dict(zip(runs, counted, strict=True))
-    per_request = {
-        side: (done[(side, total)][0] - done[(side, args.warm)][0]) / args.requests
-        for side in SOURCES
-    }
-    answers = {done[(side, total)][1] for side in SOURCES}
+    for tool in ("valgrind", os.environ.get("CC", "cc")):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"needs {tool} on PATH (Debian: apt-get install valgrind gcc)")
+    sources = dict(SOURCES, **dict(s.split("=", 1) for s in args.source))
+    with tempfile.TemporaryDirectory(prefix="cpr-bench-instructions-") as scratch:
+        helper = build_helper(Path(scratch))
+
+        def run(side: str) -> tuple[dict, str]:
+            return count(helper, sources[side], args.warm, args.requests, Path(scratch) / side)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            counted = dict(zip(sources, pool.map(run, sources), strict=True))
+    answers = {answer for _, answer in counted.values()}
     if len(answers) != 1:
         raise RuntimeError(f"the handlers disagree: {answers}")
     print(
-        f"instructions per request, {args.requests} requests after {args.warm} through WSGI "
-        "(no server), counted by callgrind"
+        f"per request, {args.requests} requests after {args.warm} through WSGI (no server), "
+        "counted by callgrind with its cache and branch simulation"
     )
-    for side, count in per_request.items():
-        print(f"{side:>5} {count:>12,.0f}  {count / per_request['bare']:.3f}x bare")
+    print(
+        f"{'':>6} {'instructions':>12} {'':>7} {'L1 misses':>9} {'LL misses':>9} "
+        f"{'mispredicted':>12} {'cycle estimate':>14} {'':>7}"
+    )
+    per = {
+        side: {name: events.get(name, 0) / args.requests for name in _WEIGHTS}
+        for side, (events, _) in counted.items()
+    }
+    estimate = {side: sum(p[n] * w for n, w in _WEIGHTS.items()) for side, p in per.items()}
+    for side, p in per.items():
+        print(
+            f"{side:>6} {p['Ir']:>12,.0f} {p['Ir'] / per['bare']['Ir']:>6.3f}x "
+            f"{p['I1mr'] + p['D1mr'] + p['D1mw']:>9,.0f} "
+            f"{p['ILmr'] + p['DLmr'] + p['DLmw']:>9,.0f} "
+            f"{p['Bcm'] + p['Bim']:>12,.0f} {estimate[side]:>14,.0f} "
+            f"{estimate[side] / estimate['bare']:>6.3f}x"
+        )
+    print("(ratios to the bare handler; cycle estimate = instructions + 10 x (L1 misses +")
+    print(" mispredicted branches) + 100 x LL misses, callgrind's own weights)")
     print(f"answer: {answers.pop()}")
 
 
