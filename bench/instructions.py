@@ -82,13 +82,23 @@ _WEIGHTS = {"Ir": 1, "I1mr": 10, "D1mr": 10, "D1mw": 10, "ILmr": 100, "DLmr": 10
 _WEIGHTS |= {"Bcm": 10, "Bim": 10}
 
 
+_COMPILER = os.environ.get("CC", "cc")
+
+
 def build_helper(directory: Path) -> Path:
     """Compiles the client-request helper into `directory`."""
     source, library = directory / "helper.c", directory / "helper.so"
     source.write_text(_HELPER)
-    compiler = os.environ.get("CC", "cc")
-    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", library, source], check=True)
+    subprocess.run([_COMPILER, "-O2", "-shared", "-fPIC", "-o", library, source], check=True)
     return library
+
+
+def named_source(text: str) -> tuple[str, str]:
+    """`NAME=FILE` from the command line, as (name, file)."""
+    name, equals, file = text.partition("=")
+    if not (name and equals and file):
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, received {text!r}")
+    return name, file
 
 
 def count(helper: Path, source: str, warm: int, requests: int, out: Path) -> tuple[dict, str]:
@@ -105,10 +115,12 @@ def count(helper: Path, source: str, warm: int, requests: int, out: Path) -> tup
     ]
     command += [sys.executable, "-c", _CALLER, str(helper), source, str(warm), str(requests)]
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    dumped = [p for p in out.parent.glob(out.name + "*") if "measured" in p.read_text()[:4000]]
-    if len(dumped) != 1:
-        raise RuntimeError(f"expected one dump of the counted requests, found {dumped}")
-    text = dumped[0].read_text()
+    # callgrind writes a file at exit too; the counted requests are the part their trigger names.
+    dumps = [p.read_text() for p in out.parent.glob(out.name + "*")]
+    measured = [text for text in dumps if "Trigger: Client Request: measured" in text[:4000]]
+    if len(measured) != 1:
+        raise RuntimeError(f"expected one dump of the counted requests, found {len(measured)}")
+    text = measured[0]
     names = re.search(r"^events: (.*)$", text, re.M).group(1).split()
     values = map(int, re.search(r"^summary: (.*)$", text, re.M).group(1).split())
     return dict(zip(names, values, strict=True)), run.stdout.strip()
@@ -122,14 +134,15 @@ def main() -> None:
         "--source",
         action="append",
         default=[],
+        type=named_source,
         metavar="NAME=FILE",
         help="another handler to count beside the two (a main.py of your own)",
     )
     args = parser.parse_args()
-    for tool in ("valgrind", os.environ.get("CC", "cc")):
+    for tool in ("valgrind", _COMPILER):
         if shutil.which(tool) is None:
             raise SystemExit(f"needs {tool} on PATH (Debian: apt-get install valgrind gcc)")
-    sources = dict(SOURCES, **dict(s.split("=", 1) for s in args.source))
+    sources = {**SOURCES, **dict(args.source)}
     with tempfile.TemporaryDirectory(prefix="cpr-bench-instructions-") as scratch:
         helper = build_helper(Path(scratch))
 
