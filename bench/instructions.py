@@ -114,7 +114,11 @@ def count(helper: Path, source: str, warm: int, requests: int, out: Path) -> tup
         f"--callgrind-out-file={out}",
     ]
     command += [sys.executable, "-c", _CALLER, str(helper), source, str(warm), str(requests)]
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        own = [line for line in run.stderr.splitlines() if not re.match(r"==\d+==", line)]
+        last = "\n".join(own[-5:])
+        raise SystemExit(f"counting {source} failed (exit {run.returncode}):\n{last}")
     # callgrind writes a file at exit too; the counted requests are the part their trigger names.
     dumps = [p.read_text() for p in out.parent.glob(out.name + "*")]
     measured = [text for text in dumps if "Trigger: Client Request: measured" in text[:4000]]
