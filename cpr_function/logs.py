@@ -14,7 +14,20 @@ import os
 import sys
 import time
 
+from . import lockedwrite
+
 FORMATS = ("auto", "json", "text")
+
+# This process's id for the request log, asked once per process (a system call each time).
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 # The trace of the request being answered, as Cloud Logging names it.
 TRACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cpr_trace", default=None)
@@ -73,21 +86,33 @@ def request(logger: logging.Logger, message: str, values: dict) -> None:
     """Logs the one entry of an answered request at INFO, with `values` as its fields.
 
     The same as `logger.info(message, extra=fields(**values))`, but when that would reach
-    only the JSON handler `configure` installed, the line is written straight to it. In
-    bench/overhead.py a LogRecord and the trip through the handlers took about 60 us a
-    request, a fifth of the function's own work on a small prediction; this takes half.
+    only the JSON handler `configure` installed, the line is written straight to its
+    stream. In bench/overhead.py a LogRecord and the trip through the handlers took
+    about 60 us a request, a fifth of the function's own work on a small prediction.
     """
     handler = _direct_handler(logger)
     if handler is not None:
         try:
-            line = _line("INFO", message, time.time(), logger.name, os.getpid(), values)
+            line = _line("INFO", message, time.time(), logger.name, _pid, values)
             with handler.lock:
-                handler.stream.write(line + handler.terminator)
-                handler.stream.flush()
+                _write(handler.stream, line + handler.terminator.encode())
             return
         except Exception:
             pass  # the ordinary path below meets the same failure and reports it
     logger.info(message, extra=fields(**values))
+
+
+def _write(stream, data: bytes) -> None:
+    """Writes a line to the stream, keeping the interpreter lock when the write cannot wait
+    (lockedwrite.py says why); a stream without a descriptor (a test's capture) as text."""
+    stream.flush()  # what was written through Python goes first
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None or not lockedwrite.write(fd, data):
+        stream.write(data.decode())
+        stream.flush()
 
 
 def _direct_handler(logger: logging.Logger) -> logging.Handler | None:
@@ -114,12 +139,13 @@ class _Json(logging.Formatter):
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         values = getattr(record, "cpr_fields", None) or {}
-        return _line(record.levelname, message, record.created, record.name, record.process, values)
+        line = _line(record.levelname, message, record.created, record.name, record.process, values)
+        return line.decode()
 
 
 def _line(
     severity: str, message: str, created: float, name: str, pid: int | None, values: dict
-) -> str:
+) -> bytes:
     import orjson
 
     entry = {
@@ -131,7 +157,7 @@ def _line(
         **values,
         **(TRACE.get() or {}),
     }
-    return orjson.dumps(entry, default=str).decode()
+    return orjson.dumps(entry, default=str)
 
 
 class _Text(logging.Formatter):
