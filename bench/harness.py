@@ -104,19 +104,35 @@ def _wait_for_port(port: int, proc: subprocess.Popen) -> None:
 
 
 class Function:
-    """A `functions-framework --target predict` process of this repository on loopback."""
+    """A `functions-framework --target predict` process of this repository on loopback.
 
-    def __init__(self, env: dict[str, str], *, source: Path = REPO / "main.py", threads: int = 8):
+    Its stderr goes to /dev/null, or with `log_reader` to a pipe read by a process of its
+    own, as a log agent reads a deployed function's (what it reads is thrown away).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        source: Path = REPO / "main.py",
+        threads: int = 8,
+        log_reader: bool = False,
+    ):
         self.port = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith("CPR_")}
+        self.logs = None
+        if log_reader:
+            self.logs = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "functions_framework", "--target", "predict"]
             + ["--source", str(source), "--host", "127.0.0.1", "--port", str(self.port)],
             env={**base, "THREADS": str(threads), **env},
             cwd=REPO,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if self.logs is None else self.logs.stdin,
         )
+        if self.logs is not None:
+            self.logs.stdin.close()  # the function holds the pipe now
         _wait_for_port(self.port, self.proc)
 
     def call(self, path: str = "/", body: dict | None = None) -> dict:
@@ -141,6 +157,8 @@ class Function:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.logs is not None:
+            self.logs.wait(10)  # its pipe closed with the function
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Warm overhead: this function vs a hand-written function serving the same predictor.
 
-Usage: python bench/overhead.py [--seconds 3] [--rounds 6] [--generator python|wrk]
+Usage: python bench/overhead.py [--seconds 3] [--rounds 6] [--generator python|wrk] [--log-reader]
 
 Both are `functions-framework --target predict` processes with the same THREADS and
 WORKERS: this repository's main.py with no CPR_* variable (the bundled example, loaded
@@ -8,7 +8,8 @@ from its package), and bench/bare_handler.py, which loads the example's predicto
 from examples/custom_code and does only json.loads, predict and json.dumps per request.
 A second process of the bare handler runs as a control: its ratio to the first is what
 two identical processes differ by in this run (noise, and where each landed in memory),
-the margin within which the main ratio says little. A fourth process,
+the margin within which the main ratio says little. A third process of this function
+has CPR_REQUEST_LOG=errors, so its answers of 200 write no log entry. Another process,
 bench/alternate_handler.py, answers every other request with each of the two handlers
 and adds up the CPU time each spends: the same interpreter, memory and moment for both,
 so the difference is the overhead alone. All answers are checked equal first; then each
@@ -16,6 +17,8 @@ process is loaded with 1-instance bodies over 1 and 8 keep-alive connections, ro
 rotating which goes first, so that machine noise falls on all alike. CPU is the gunicorn
 worker's user and system time over each run, per request. The load comes from
 `harness.load` (a Python thread per connection) or, with `--generator wrk`, from wrk.
+Each process's stderr goes to /dev/null, or with `--log-reader` to a pipe that another
+process reads, as a log agent would (then every request's log entry wakes that reader).
 """
 
 from __future__ import annotations
@@ -111,6 +114,18 @@ def report(results: dict, *, rounds: int, seconds: float, generator: str) -> Non
         )
     print("control: a second bare handler process against the first (identical code)")
     print()
+    print("this function with CPR_REQUEST_LOG=errors (no log entry for an answer of 200)")
+    print(f"{'conns':>5} {'throughput ratio':>17} {'(range)':>13} {'p50 added':>10} {'cpu':>9}")
+    for connections in CONNECTIONS:
+        quiet, bare = results[("quiet", connections)], results[("bare", connections)]
+        spread = ratios("quiet", connections)
+        added = median((q.p50 - b.p50) * 1000 for (q, *_), (b, *_) in zip(quiet, bare, strict=True))
+        print(
+            f"{connections:>5} {median(spread):>16.3f}x "
+            f"{f'({spread[0]:.2f}-{spread[-1]:.2f})':>13} {added:>10.3f} "
+            f"{median(c for _, c, _ in quiet) * 1e6:>9.0f}"
+        )
+    print()
     print("one process answering with the two handlers in turn: CPU in the handler (us/request)")
     print(f"{'conns':>5} {'ours':>7} {'bare':>7} {'added':>7} {'as a throughput ratio':>22}")
     for connections in CONNECTIONS:
@@ -129,19 +144,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--generator", choices=sorted(GENERATORS), default="python")
+    parser.add_argument(
+        "--log-reader",
+        action="store_true",
+        help="each process's stderr a pipe read by another process, not /dev/null",
+    )
     args = parser.parse_args()
     bench = REPO / "bench"
     with tempfile.TemporaryDirectory(prefix="cpr-bench-overhead-") as cache:
         functions: dict[str, Function] = {}
         try:
             settings = {**SETTINGS, "CPR_CACHE_DIR": cache}
-            functions["ours"] = Function(settings, threads=THREADS)
+            common = {"threads": THREADS, "log_reader": args.log_reader}
+            functions["ours"] = Function(settings, **common)
+            functions["quiet"] = Function({**settings, "CPR_REQUEST_LOG": "errors"}, **common)
             for side in ("bare", "control"):
-                functions[side] = Function(
-                    SETTINGS, source=bench / "bare_handler.py", threads=THREADS
-                )
+                functions[side] = Function(SETTINGS, source=bench / "bare_handler.py", **common)
             functions["alternating"] = Function(
-                settings, source=bench / "alternate_handler.py", threads=THREADS
+                settings, source=bench / "alternate_handler.py", **common
             )
             answers = [fn.call("/predict", BODY) for fn in functions.values()]
             answers.append(functions["alternating"].call("/predict", BODY))  # the other side

@@ -29,6 +29,8 @@ class App:
         storage = storage or Storage.configured(config)
         self.catalog = load_catalog(config)
         self.registry = Registry(self.catalog, config, storage)
+        # The lowest status given a request log entry (CPR_REQUEST_LOG).
+        self._log_from = {"all": 0, "errors": 400, "none": 1000}[config.request_log]
         self._local_paths = [
             (str(config.cache_dir.resolve()), "<cache>"),
             (str(config.cache_dir), "<cache>"),
@@ -72,7 +74,8 @@ class App:
         try:
             return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
         finally:
-            _log_request(request, status, time.perf_counter() - started, note)
+            if self._log_from <= status:
+                _log_request(request, status, time.perf_counter() - started, note)
             logs.TRACE.reset(token)
 
     def _without_local_paths(self, message: str) -> str:

@@ -50,6 +50,7 @@ KNOWN = (
     "CPR_ISOLATION",
     "CPR_MEMORY_BUDGET",
     "CPR_LOG_FORMAT",
+    "CPR_REQUEST_LOG",
     "CPR_WARMUP",
     "CPR_PREDICT_TIMEOUT",
     "CPR_STORAGE_RETRY_SECONDS",
@@ -58,6 +59,7 @@ KNOWN = (
     "CPR_MICROBATCH_WAIT_MS",
 )
 LOG_FORMATS = ("auto", "json", "text")
+REQUEST_LOGS = ("all", "errors", "none")
 WARMUPS = ("none", "default", "all")
 MICROBATCH_MODES = ("false", "true", "all")
 
@@ -81,6 +83,7 @@ class Config:
     isolation: str = "auto"
     memory_budget: int | None = None
     log_format: str = "auto"
+    request_log: str = "all"
     warmup: str = "none"
     predict_timeout: float | None = None
     storage_retry_seconds: float = 20.0
@@ -133,6 +136,7 @@ class Config:
             isolation=isolation,
             memory_budget=_size(get, "CPR_MEMORY_BUDGET", 0) if budget else None,
             log_format=log_format,
+            request_log=_choice(get, "CPR_REQUEST_LOG", REQUEST_LOGS, "all"),
             warmup=warmup,
             predict_timeout=_seconds(get, "CPR_PREDICT_TIMEOUT"),
             storage_retry_seconds=(
@@ -187,6 +191,7 @@ class Config:
             "legacyCompat": self.legacy_compat,
             "isolation": self.isolation,
             "memoryBudgetBytes": self.memory_budget,
+            "requestLog": self.request_log,
             "warmup": self.warmup,
             "predictTimeoutSeconds": self.predict_timeout,
             "storageRetrySeconds": self.storage_retry_seconds,

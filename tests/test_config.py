@@ -97,6 +97,10 @@ def test_a_models_file_replaces_the_single_model_settings():
             "CPR_FORWARD_TIMEOUT must be a positive number of seconds",
         ),
         ({"CPR_LOG_FORMAT": "xml"}, "CPR_LOG_FORMAT must be one of auto, json, text; got 'xml'"),
+        (
+            {"CPR_REQUEST_LOG": "some"},
+            "CPR_REQUEST_LOG must be one of all, errors, none; got 'some'",
+        ),
         ({"CPR_WARMUP": "soon"}, "CPR_WARMUP must be true (load the default model's default"),
         ({"CPR_ISOLATION": "thread"}, "CPR_ISOLATION must be one of auto, process, none"),
         ({"CPR_MEMORY_BUDGET": "lots"}, "CPR_MEMORY_BUDGET must be a size in bytes"),

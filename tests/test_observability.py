@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import pytest
 from conftest import IRIS, iris_expected
 
 from cpr_function import logs
@@ -89,10 +90,10 @@ def test_a_request_entry_is_the_same_written_directly_or_through_logging(capsys)
     assert direct == through == expected
 
 
-def test_request_entries_written_to_the_descriptor_stay_whole_and_in_order(monkeypatch):
-    """The request entry goes to stderr's descriptor, past Python's buffers: lines written
-    through logging before and after it keep their order, and entries from many threads at
-    once, each longer than a pipe writes in one piece, arrive whole."""
+def test_request_entries_written_directly_stay_whole_and_in_order(monkeypatch):
+    """The request entry, written straight to the handler's stream, keeps its place among
+    lines written through logging; entries from many threads at once, each longer than a
+    pipe takes in one piece, arrive whole; each names this process."""
     read_end, write_end = os.pipe()
     received = bytearray()
     reader = threading.Thread(target=lambda: _drain(read_end, received))
@@ -142,6 +143,34 @@ def _drain(fd: int, into: bytearray) -> None:
     with open(fd, "rb") as pipe:
         while chunk := pipe.read1(1 << 16):
             into += chunk
+
+
+@pytest.mark.parametrize(
+    ("setting", "statuses_logged"), [("errors", [400, 404]), ("none", []), ("ALL", [200, 400, 404])]
+)
+def test_request_entries_as_chosen(function, iris_dir, tmp_path, setting, statuses_logged):
+    """CPR_REQUEST_LOG chooses which answers get an entry; the cold start is logged always."""
+    fn = function(
+        {
+            "CPR_ORIGIN": str(iris_dir),
+            "CPR_FRAMEWORK": "scikit-learn",
+            "CPR_CACHE_DIR": str(tmp_path / "c"),
+            "CPR_LOG_FORMAT": "json",
+            "CPR_REQUEST_LOG": setting,
+        }
+    )
+    assert fn.predict({"instances": IRIS}).status_code == 200
+    assert fn.predict({"instances": "nope"}).status_code == 400
+    assert fn.predict({"instances": IRIS}, path="/no/such/route").status_code == 404
+    logged = entries(fn)
+    assert [e["status"] for e in logged if "httpRequest" in e] == statuses_logged
+    assert {e["phase"] for e in logged if "phase" in e} == {
+        "download",
+        "unpack",
+        "import",
+        "from_path",
+    }
+    assert fn.status()["config"]["requestLog"] == setting.lower()
 
 
 def test_text_logs_when_asked(function, iris_dir, tmp_path):
