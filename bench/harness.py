@@ -123,17 +123,23 @@ class Function:
         self.logs = None
         if log_reader:
             self.logs = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "predict"]
-            + ["--source", str(source), "--host", "127.0.0.1", "--port", str(self.port)],
-            env={**base, "THREADS": str(threads), **env},
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL if self.logs is None else self.logs.stdin,
-        )
-        if self.logs is not None:
-            self.logs.stdin.close()  # the function holds the pipe now
-        _wait_for_port(self.port, self.proc)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "functions_framework", "--target", "predict"]
+                + ["--source", str(source), "--host", "127.0.0.1", "--port", str(self.port)],
+                env={**base, "THREADS": str(threads), **env},
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL if self.logs is None else self.logs.stdin,
+            )
+        finally:
+            if self.logs is not None:
+                self.logs.stdin.close()  # the function holds the pipe now, or failed to start
+        try:
+            _wait_for_port(self.port, self.proc)
+        except BaseException:
+            self.stop()
+            raise
 
     def call(self, path: str = "/", body: dict | None = None) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
@@ -158,7 +164,11 @@ class Function:
             self.proc.kill()
             self.proc.wait()
         if self.logs is not None:
-            self.logs.wait(10)  # its pipe closed with the function
+            try:
+                self.logs.wait(10)  # its pipe closed with the function
+            except subprocess.TimeoutExpired:  # a child of the function still holds it
+                self.logs.kill()
+                self.logs.wait()
 
 
 @dataclass

@@ -8,13 +8,14 @@ from its package), and bench/bare_handler.py, which loads the example's predicto
 from examples/custom_code and does only json.loads, predict and json.dumps per request.
 A second process of the bare handler runs as a control: its ratio to the first is what
 two identical processes differ by in this run (noise, and where each landed in memory),
-the margin within which the main ratio says little. A third process of this function
-has CPR_REQUEST_LOG=errors, so its answers of 200 write no log entry. Another process,
+the margin within which the main ratio says little. A second process of this function
+has CPR_REQUEST_LOG=errors, so its answers of 200 write no log entry. A fifth process,
 bench/alternate_handler.py, answers every other request with each of the two handlers
 and adds up the CPU time each spends: the same interpreter, memory and moment for both,
 so the difference is the overhead alone. All answers are checked equal first; then each
 process is loaded with 1-instance bodies over 1 and 8 keep-alive connections, rounds
-rotating which goes first, so that machine noise falls on all alike. CPU is the gunicorn
+rotating which goes first, so that machine noise falls on all alike (evenly when the
+rounds are a multiple of the five processes). CPU is the gunicorn
 worker's user and system time over each run, per request. The load comes from
 `harness.load` (a Python thread per connection) or, with `--generator wrk`, from wrk.
 Each process's stderr goes to /dev/null, or with `--log-reader` to a pipe that another

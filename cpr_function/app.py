@@ -29,8 +29,6 @@ class App:
         storage = storage or Storage.configured(config)
         self.catalog = load_catalog(config)
         self.registry = Registry(self.catalog, config, storage)
-        # The lowest status given a request log entry (CPR_REQUEST_LOG).
-        self._log_from = {"all": 0, "errors": 400, "none": 1000}[config.request_log]
         self._local_paths = [
             (str(config.cache_dir.resolve()), "<cache>"),
             (str(config.cache_dir), "<cache>"),
@@ -74,7 +72,7 @@ class App:
         try:
             return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
         finally:
-            if self._log_from <= status:
+            if self.config.logs_request(status):
                 _log_request(request, status, time.perf_counter() - started, note)
             logs.TRACE.reset(token)
 
@@ -95,7 +93,8 @@ class App:
             message = f"no route for {request.path!r}; expected POST / or POST /predict"
         else:
             message = f"{exc.name}: the request was refused before it reached the model"
-        log.info("%s %s -> %d refused by the host", request.method, request.path, status)
+        if self.config.logs_request(status):
+            log.info("%s %s -> %d refused by the host", request.method, request.path, status)
         body = protocol.error_body(message, status, google=_google(request.path))
         return flask.Response(body, status=status, mimetype=_JSON)
 

@@ -59,7 +59,8 @@ KNOWN = (
     "CPR_MICROBATCH_WAIT_MS",
 )
 LOG_FORMATS = ("auto", "json", "text")
-REQUEST_LOGS = ("all", "errors", "none")
+# CPR_REQUEST_LOG: the lowest status an answered request is logged with, per choice.
+REQUEST_LOGS = {"all": 0, "errors": 400, "none": None}
 WARMUPS = ("none", "default", "all")
 MICROBATCH_MODES = ("false", "true", "all")
 
@@ -136,7 +137,7 @@ class Config:
             isolation=isolation,
             memory_budget=_size(get, "CPR_MEMORY_BUDGET", 0) if budget else None,
             log_format=log_format,
-            request_log=_choice(get, "CPR_REQUEST_LOG", REQUEST_LOGS, "all"),
+            request_log=_choice(get, "CPR_REQUEST_LOG", tuple(REQUEST_LOGS), "all"),
             warmup=warmup,
             predict_timeout=_seconds(get, "CPR_PREDICT_TIMEOUT"),
             storage_retry_seconds=(
@@ -177,6 +178,11 @@ class Config:
         models = (catalog.ModelSpec(model, (spec,), version),)
         example = catalog.Catalog(models=models, default_model=model)
         return cls(catalog=example, is_example=True, **settings)
+
+    def logs_request(self, status: int) -> bool:
+        """Whether an answer of this status gets a request log entry (CPR_REQUEST_LOG)."""
+        lowest = REQUEST_LOGS[self.request_log]
+        return lowest is not None and status >= lowest
 
     def describe(self) -> dict:
         """The deployment-wide settings as shown by `GET /`: nothing secret."""

@@ -16,17 +16,6 @@ import time
 
 FORMATS = ("auto", "json", "text")
 
-# This process's id for the request log, asked once per process (a system call each time).
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
-
 # The trace of the request being answered, as Cloud Logging names it.
 TRACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cpr_trace", default=None)
 
@@ -91,7 +80,7 @@ def request(logger: logging.Logger, message: str, values: dict) -> None:
     handler = _direct_handler(logger)
     if handler is not None:
         try:
-            line = _line("INFO", message, time.time(), logger.name, _pid, values)
+            line = _line("INFO", message, time.time(), logger.name, os.getpid(), values)
             with handler.lock:
                 handler.stream.write(line + handler.terminator)
                 handler.stream.flush()

@@ -31,8 +31,13 @@ class Slots:
         with self._changed:
             ticket = object()
             self._queue.append(ticket)
-            while self._queue[0] is not ticket or not self._free:
-                self._changed.wait()
+            try:
+                while self._queue[0] is not ticket or not self._free:
+                    self._changed.wait()
+            except BaseException:
+                self._queue.remove(ticket)  # interrupted: not the head of the queue forever
+                self._changed.notify_all()
+                raise
             self._queue.popleft()
             self._free -= 1
             self._changed.notify_all()  # the next in the queue may take a free slot too
