@@ -88,6 +88,15 @@ def report(results: dict, *, rounds: int, seconds: float, generator: str) -> Non
         pairs = zip(results[(side, connections)], results[("bare", connections)], strict=True)
         return sorted(o.throughput / b.throughput for (o, *_), (b, *_) in pairs)
 
+    def versus_bare(side: str, connections: int) -> str:
+        """The median throughput ratio to the bare handler, its range, and the p50 added (ms)."""
+        pairs = zip(results[(side, connections)], results[("bare", connections)], strict=True)
+        added = median((o.p50 - b.p50) * 1000 for (o, *_), (b, *_) in pairs)
+        spread = ratios(side, connections)
+        return (
+            f"{median(spread):>16.3f}x {f'({spread[0]:.2f}-{spread[-1]:.2f})':>13} {added:>10.3f}"
+        )
+
     print(
         "this function vs a bare functions-framework handler, the bundled example, 1 instance, "
         f"THREADS={THREADS}, {rounds} rounds of {seconds:g}s, load from {generator}"
@@ -100,11 +109,8 @@ def report(results: dict, *, rounds: int, seconds: float, generator: str) -> Non
     print(f"{'':>42}(ms){'':>36}(ms){'':>6}(us/req)")
     for connections in CONNECTIONS:
         ours, bare = results[("ours", connections)], results[("bare", connections)]
-        spread = ratios("ours", connections)
-        added = median((o.p50 - b.p50) * 1000 for (o, *_), (b, *_) in zip(ours, bare, strict=True))
         print(
-            f"{connections:>5} {median(spread):>16.3f}x "
-            f"{f'({spread[0]:.2f}-{spread[-1]:.2f})':>13} {added:>10.3f} "
+            f"{connections:>5} {versus_bare('ours', connections)} "
             f"{median(o.p50 for o, *_ in ours) * 1000:>9.3f} "
             f"{median(b.p50 for b, *_ in bare) * 1000:>9.3f} "
             f"{median(o.p99 for o, *_ in ours) * 1000:>9.3f} "
@@ -118,12 +124,9 @@ def report(results: dict, *, rounds: int, seconds: float, generator: str) -> Non
     print("this function with CPR_REQUEST_LOG=errors (no log entry for an answer of 200)")
     print(f"{'conns':>5} {'throughput ratio':>17} {'(range)':>13} {'p50 added':>10} {'cpu':>9}")
     for connections in CONNECTIONS:
-        quiet, bare = results[("quiet", connections)], results[("bare", connections)]
-        spread = ratios("quiet", connections)
-        added = median((q.p50 - b.p50) * 1000 for (q, *_), (b, *_) in zip(quiet, bare, strict=True))
+        quiet = results[("quiet", connections)]
         print(
-            f"{connections:>5} {median(spread):>16.3f}x "
-            f"{f'({spread[0]:.2f}-{spread[-1]:.2f})':>13} {added:>10.3f} "
+            f"{connections:>5} {versus_bare('quiet', connections)} "
             f"{median(c for _, c, _ in quiet) * 1e6:>9.0f}"
         )
     print()
