@@ -11,6 +11,8 @@ from .errors import ConfigError, NotFound
 
 FRAMEWORKS = ("scikit-learn", "xgboost", "tensorflow", "mlflow")
 AUTH_MODES = ("auto", "access-token", "id-token", "none")
+MICROBATCH_MODES = ("false", "true", "all")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _FORWARD = re.compile(
@@ -39,7 +41,13 @@ _VERSION_FIELDS = {
     "retries": "retries",
     "auth": "auth",
     "description": "description",
+    "microbatch": "microbatch",
+    "microbatch_max_size": "microbatch_max_size",
+    "microbatchMaxSize": "microbatch_max_size",
+    "microbatch_wait_ms": "microbatch_wait_ms",
+    "microbatchWaitMs": "microbatch_wait_ms",
 }
+_MICROBATCH_FIELDS = ("microbatch", "microbatch_max_size", "microbatch_wait_ms")
 _MODEL_FIELDS = {
     "versions": "versions",
     "default_version": "default_version",
@@ -68,6 +76,10 @@ class VersionSpec:
     retries: int = 5
     auth: str = "auto"
     description: str = ""
+    # Micro-batching for this version; None takes the deployment's CPR_MICROBATCH* setting.
+    microbatch: str | None = None
+    microbatch_max_size: int | None = None
+    microbatch_wait: float | None = None
     is_example: bool = False
 
     @property
@@ -233,6 +245,13 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
                 f"{where('forward_to')} forwards to a deployed model, so "
                 f"{', '.join(where(f) for f in local)} cannot be set too"
             )
+        batching = [f for f in _MICROBATCH_FIELDS if get(f) is not None]
+        if batching:
+            raise ConfigError(
+                f"{where('forward_to')} forwards to a deployed model in batches of "
+                f"{where('batch_size')} instances; {', '.join(where(f) for f in batching)} "
+                "apply only to versions served here"
+            )
         if "/endpoints/" not in forward_to and not get("api_endpoint"):
             raise ConfigError(
                 f"{where('forward_to')} names an AI Platform v1 model, and ml.googleapis.com "
@@ -271,7 +290,76 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
         retries=_count(get("retries"), where("retries"), 5),
         auth=auth,
         description=str(get("description") or ""),
+        **_microbatch(get, where),
     )
+
+
+def microbatch_mode(raw, name: str) -> str:
+    """`false`, `true` or `all` from a setting (a YAML boolean counts).
+
+    Raises:
+        ConfigError: anything else, with what each mode means.
+    """
+    mode = str(raw).strip().lower()
+    mode = "true" if mode in _TRUE else "false" if mode in _FALSE else mode
+    if mode not in MICROBATCH_MODES:
+        raise ConfigError(
+            f"{name} must be true (merge concurrent requests for predictors that declare "
+            "batchable = True), all (for every AI Platform predictor that does not declare "
+            f"batchable = False) or false; got {raw!r}"
+        )
+    return mode
+
+
+def microbatch_max_size(raw, name: str) -> int:
+    """The most instances one merged call is given, from 1 to 100000.
+
+    Raises:
+        ConfigError: not a whole number in that range.
+    """
+    try:
+        value = int(str(raw).strip()) if not isinstance(raw, bool | float) else 0
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100_000:
+        raise ConfigError(
+            f"{name} must be a whole number of instances from 1 to 100000, the most one "
+            f"merged predict call is given; got {raw!r}"
+        )
+    return value
+
+
+def microbatch_wait(raw, name: str) -> float:
+    """The longest a merged call waits for company, in seconds, from milliseconds (0 to 1000).
+
+    Raises:
+        ConfigError: not a number of milliseconds in that range.
+    """
+    try:
+        value = float(str(raw).strip()) if not isinstance(raw, bool) else -1.0
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1000:
+        raise ConfigError(
+            f"{name} must be a number of milliseconds from 0 to 1000, the longest a merged "
+            f"call waits for more requests to join; got {raw!r}"
+        )
+    return value / 1000
+
+
+def _microbatch(get, where: Where) -> dict[str, Any]:
+    """A version's own micro-batching settings, those it sets."""
+    size, wait = get("microbatch_max_size"), get("microbatch_wait_ms")
+    mode = get("microbatch")
+    return {
+        "microbatch": microbatch_mode(mode, where("microbatch")) if mode is not None else None,
+        "microbatch_max_size": (
+            microbatch_max_size(size, where("microbatch_max_size")) if size is not None else None
+        ),
+        "microbatch_wait": (
+            microbatch_wait(wait, where("microbatch_wait_ms")) if wait is not None else None
+        ),
+    }
 
 
 def check_name(raw: str, what: str) -> str:

@@ -7,6 +7,7 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from . import catalog
 from .catalog import Catalog
@@ -62,7 +63,14 @@ LOG_FORMATS = ("auto", "json", "text")
 # CPR_REQUEST_LOG: the lowest status an answered request is logged with, per choice.
 REQUEST_LOGS = {"all": 0, "errors": 400, "none": None}
 WARMUPS = ("none", "default", "all")
-MICROBATCH_MODES = ("false", "true", "all")
+
+
+class Batching(NamedTuple):
+    """One version's micro-batching settings (batching.wrap's arguments)."""
+
+    mode: str
+    max_size: int
+    wait: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +192,18 @@ class Config:
         lowest = REQUEST_LOGS[self.request_log]
         return lowest is not None and status >= lowest
 
+    def microbatch_for(self, spec: catalog.VersionSpec) -> Batching:
+        """How a version's requests merge: its own fields in a models file, else CPR_MICROBATCH*."""
+        return Batching(
+            mode=spec.microbatch if spec.microbatch is not None else self.microbatch,
+            max_size=(
+                spec.microbatch_max_size
+                if spec.microbatch_max_size is not None
+                else self.microbatch_max_size
+            ),
+            wait=spec.microbatch_wait if spec.microbatch_wait is not None else self.microbatch_wait,
+        )
+
     def describe(self) -> dict:
         """The deployment-wide settings as shown by `GET /`: nothing secret."""
         return {
@@ -208,39 +228,19 @@ class Config:
 
 
 def _microbatch(get, cls) -> dict:
-    raw = get("CPR_MICROBATCH")
-    mode = (raw or cls.microbatch).lower()
-    mode = "true" if mode in _TRUE else "false" if mode in _FALSE else mode
-    if mode not in MICROBATCH_MODES:
-        raise ConfigError(
-            "CPR_MICROBATCH must be true (merge concurrent requests for predictors that declare "
-            "batchable = True), all (for every AI Platform predictor that does not declare "
-            f"batchable = False) or false; got {raw!r}"
-        )
-    raw_size = get("CPR_MICROBATCH_MAX_SIZE")
-    try:
-        max_size = int(raw_size) if raw_size is not None else cls.microbatch_max_size
-    except ValueError:
-        max_size = 0
-    if not 1 <= max_size <= 100_000:
-        raise ConfigError(
-            "CPR_MICROBATCH_MAX_SIZE must be a whole number of instances from 1 to 100000, "
-            f"the most one merged predict call is given; got {raw_size!r}"
-        )
-    wait = get("CPR_MICROBATCH_WAIT_MS")
-    try:
-        wait_ms = float(wait) if wait is not None else cls.microbatch_wait * 1000
-    except ValueError:
-        wait_ms = -1.0
-    if not 0 <= wait_ms <= 1000:
-        raise ConfigError(
-            "CPR_MICROBATCH_WAIT_MS must be a number of milliseconds from 0 to 1000, the "
-            f"longest a merged call waits for more requests to join; got {wait!r}"
-        )
+    mode, size, wait = (get(f"CPR_MICROBATCH{n}") for n in ("", "_MAX_SIZE", "_WAIT_MS"))
     return {
-        "microbatch": mode,
-        "microbatch_max_size": max_size,
-        "microbatch_wait": wait_ms / 1000,
+        "microbatch": catalog.microbatch_mode(mode, "CPR_MICROBATCH") if mode else cls.microbatch,
+        "microbatch_max_size": (
+            catalog.microbatch_max_size(size, "CPR_MICROBATCH_MAX_SIZE")
+            if size is not None
+            else cls.microbatch_max_size
+        ),
+        "microbatch_wait": (
+            catalog.microbatch_wait(wait, "CPR_MICROBATCH_WAIT_MS")
+            if wait is not None
+            else cls.microbatch_wait
+        ),
     }
 
 

@@ -216,12 +216,7 @@ class LazyModel:
                     loaded = predictor.construct(cls, model_dir)
                 else:
                     loaded = frameworks.load(model_dir, spec.framework)
-                loaded = batching.wrap(
-                    loaded,
-                    mode=config.microbatch,
-                    max_size=config.microbatch_max_size,
-                    wait=config.microbatch_wait,
-                )
+                loaded = batching.wrap(loaded, **config.microbatch_for(spec)._asdict())
         self.phases["total"] = round(time.perf_counter() - start, 6)
         log.info(
             "model %s version %s loaded in %.3fs: %s",

@@ -143,11 +143,9 @@ class ProcessModel:
         if batchable and self._batcher is None:
             from .batching import Batcher
 
-            config = self._config
+            settings = self._config.microbatch_for(self.spec)
             self._batcher = Batcher(
-                self._predict_groups,
-                max_size=config.microbatch_max_size,
-                wait=config.microbatch_wait,
+                self._predict_groups, max_size=settings.max_size, wait=settings.wait
             )
 
     def _start(self) -> None:

@@ -401,3 +401,67 @@ def test_a_merged_call_past_the_deadline_is_a_504_for_each_of_its_requests_once(
     # instance is predicted once, none again alone (a second more per request).
     calls = fn.calls()
     assert sum(calls) == 8 and len(calls) < 8, calls
+
+
+def test_each_version_of_a_models_file_merges_as_its_own_fields_say(function, kit, tmp_path):
+    origin, package = kit
+    log = tmp_path / "batches.log"
+    batches = {"origin": origin, "package_uris": [package], "prediction_class": "kit.Batches"}
+    versions = {
+        "merged": {**batches, "microbatch_max_size": 4, "microbatch_wait_ms": 5},
+        "apart": {**batches, "microbatch": False},
+    }
+    models = {"models": {"kit": {"default_version": "merged", "versions": versions}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    fn = function(
+        {
+            "CPR_MODELS": str(tmp_path / "models.json"),
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+            "CPR_MICROBATCH": "true",  # the deployment's: 64 instances, 2 ms
+            "KIT_BATCHES": str(log),
+            "KIT_CALL_SECONDS": "0.05",
+        },
+        threads=32,
+    )
+    path = "/v1/projects/p/models/kit/versions/{}:predict"
+    for version in versions:
+        assert fn.predict({"instances": [0]}, path=path.format(version)).status_code == 200
+    log.write_text("")
+
+    def load(version: str) -> list[int]:
+        bodies = [{"instances": [n], "tag": version} for n in range(16)]
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda b: fn.predict(b, path=path.format(version)), bodies))
+        for body, answer in zip(bodies, answers, strict=True):
+            assert answer.json()["predictions"][0]["instance"] == body["instances"][0]
+        lines = log.read_text().splitlines()
+        return [int(line.split()[0]) for line in lines if f"'{version}'" in line]
+
+    merged = load("merged")
+    assert sum(merged) == 16 and max(merged) == 4 and len(merged) < 16, merged
+    status = fn.version_status("kit", "merged")["microbatch"]
+    assert (status["maxSize"], status["waitMs"], status["largestCall"]) == (4, 5.0, 4)
+    assert load("apart") == [1] * 16
+    assert "microbatch" not in fn.version_status("kit", "apart")
+
+
+def test_a_version_served_in_process_merges_when_its_own_field_says_so(function, kit, tmp_path):
+    origin, package = kit
+    version = {"origin": origin, "package_uris": [package], "prediction_class": "kit.Batches"}
+    version["microbatch"] = True  # the deployment sets nothing: off
+    models = {"models": {"kit": {"versions": {"v1": version}}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    fn = function(
+        {
+            "CPR_MODELS": str(tmp_path / "models.json"),
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+            "KIT_BATCHES": str(tmp_path / "batches.log"),
+            "KIT_CALL_SECONDS": "0.05",
+        },
+        threads=32,
+    )
+    answers = _concurrently(fn, [{"instances": [n]} for n in range(16)])
+    assert [a.json()["predictions"][0]["instance"] for a in answers] == list(range(16))
+    assert fn.status()["isolation"] == "none"
+    merged = fn.version_status()["microbatch"]
+    assert merged["requests"] == 16 and merged["calls"] < 16, merged

@@ -54,6 +54,31 @@ def test_json_is_read_too_and_one_version_is_its_own_default():
     assert parsed.default_model == "m"
 
 
+def test_a_version_sets_its_own_micro_batching_and_the_others_take_the_deployments():
+    text = """
+models:
+  m:
+    default_version: merged
+    versions:
+      merged: {origin: /x, microbatch: all, microbatch_max_size: 8, microbatch_wait_ms: 0.5}
+      apart: {origin: /y, microbatch: false}
+      yaml_true: {origin: /z, microbatch: true, microbatchWaitMs: 0}
+      unset: {origin: /w}
+"""
+    model = catalog.parse(text, "m.yaml").model("m")
+    deployment = Config.from_env(
+        {"CPR_MICROBATCH": "true", "CPR_MICROBATCH_MAX_SIZE": "32", "CPR_MICROBATCH_WAIT_MS": "3"}
+    )
+    settings = {v.name: tuple(deployment.microbatch_for(v)) for v in model.versions}
+    assert settings == {
+        "merged": ("all", 8, 0.0005),
+        "apart": ("false", 32, 0.003),
+        "yaml_true": ("true", 32, 0.0),
+        "unset": ("true", 32, 0.003),
+    }
+    assert tuple(Config().microbatch_for(model.version("unset"))) == ("false", 64, 0.002)
+
+
 def test_unknown_names_are_404_with_what_exists():
     parsed = catalog.parse(GOOD, "models.yaml")
     with pytest.raises(NotFound) as error:
@@ -126,6 +151,42 @@ def test_unknown_names_are_404_with_what_exists():
         (
             "models: {m: {versions: {a: {origin: 5}}}}",
             "model 'm', version 'a', origin must be a string; got int 5",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, microbatch: sometimes}}}}",
+            "model 'm', version 'a', microbatch must be true (merge concurrent requests for "
+            "predictors that declare batchable = True), all (for every AI Platform predictor "
+            "that does not declare batchable = False) or false; got 'sometimes'",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, microbatch_max_size: 0}}}}",
+            "model 'm', version 'a', microbatch_max_size must be a whole number of instances "
+            "from 1 to 100000, the most one merged predict call is given; got 0",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, microbatchMaxSize: 2.5}}}}",
+            "model 'm', version 'a', microbatch_max_size must be a whole number of instances",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, microbatch_max_size: true}}}}",
+            "model 'm', version 'a', microbatch_max_size must be a whole number of instances",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, microbatch_wait_ms: 1001}}}}",
+            "model 'm', version 'a', microbatch_wait_ms must be a number of milliseconds from "
+            "0 to 1000, the longest a merged call waits for more requests to join; got 1001",
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, microbatchWaitMs: soon}}}}",
+            "model 'm', version 'a', microbatch_wait_ms must be a number of milliseconds",
+        ),
+        (
+            "models: {m: {versions: {a: {forward_to: projects/p/locations/l/endpoints/e, "
+            "microbatch: true, microbatch_wait_ms: 1}}}}",
+            "forward_to forwards to a deployed model in batches of models file f.yaml, model "
+            "'m', version 'a', batch_size instances; models file f.yaml, model 'm', version "
+            "'a', microbatch, models file f.yaml, model 'm', version 'a', microbatch_wait_ms "
+            "apply only to versions served here",
         ),
     ],
 )
