@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import statistics
 import sys
 import tarfile
@@ -113,6 +114,7 @@ def main() -> None:
     finally:
         upstream.stop()
         forwarder.stop()
+        shutil.rmtree(folder, ignore_errors=True)
     base = statistics.median(times["sequential"])
     print(
         f"{args.instances} instances, batches of 100, upstream +{args.delay * 1000:.0f} ms per "

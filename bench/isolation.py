@@ -10,6 +10,7 @@ alternate between them so that machine noise falls on both alike.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def main() -> None:
     finally:
         for fn in functions.values():
             fn.stop()
+        shutil.rmtree(cache, ignore_errors=True)
 
     print("process per version vs in-process, the bundled example, one run side by side")
     print(f"{'instances':>9} {'conns':>5} {'throughput ratio':>17} {'p50 added (ms)':>15}")

@@ -23,6 +23,7 @@ from the server it measures.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def run(model: str, args) -> None:
     finally:
         for fn in functions.values():
             fn.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     on = envs["on"]
     print(

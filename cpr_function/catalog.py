@@ -166,6 +166,8 @@ def parse(text: str, source: str) -> Catalog:
     _no_unknown(data, ("models", "default_model", "defaultModel"), f"models file {source}")
     models = tuple(_model(source, name, body) for name, body in data["models"].items())
     default = data.get("default_model", data.get("defaultModel", models[0].name))
+    if isinstance(default, bool):
+        _checked_name(default, f"models file {source}, default_model")
     if default not in {m.name for m in models}:
         raise ConfigError(
             f"models file {source}: default_model {default!r} is not one of the models: "
@@ -195,6 +197,8 @@ def _model(source: str, name, body) -> ModelSpec:
         versions.append(version_spec(name, version, vfields, lambda f, w=vwhere: f"{w}, {f}"))
     names = [v.name for v in versions]
     default = fields.get("default_version")
+    if isinstance(default, bool):
+        _checked_name(default, f"{where}, default_version")
     if default is None and len(versions) > 1:
         raise ConfigError(
             f"{where} has several versions ({', '.join(names)}); name the one that serves "
@@ -248,9 +252,10 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
         batching = [f for f in _MICROBATCH_FIELDS if get(f) is not None]
         if batching:
             raise ConfigError(
-                f"{where('forward_to')} forwards to a deployed model in batches of "
-                f"{where('batch_size')} instances; {', '.join(where(f) for f in batching)} "
-                "apply only to versions served here"
+                f"{where('forward_to')} forwards to a deployed model, so "
+                f"{', '.join(f'{f}={get(f)!r}' for f in batching)} cannot be set too: "
+                "micro-batching merges requests for versions served here, and forwarding "
+                "sends batches of batch_size already"
             )
         if "/endpoints/" not in forward_to and not get("api_endpoint"):
             raise ConfigError(
@@ -294,7 +299,7 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
     )
 
 
-def microbatch_mode(raw, name: str) -> str:
+def microbatch_mode(raw: Any, name: str) -> str:
     """`false`, `true` or `all` from a setting (a YAML boolean counts).
 
     Raises:
@@ -311,7 +316,7 @@ def microbatch_mode(raw, name: str) -> str:
     return mode
 
 
-def microbatch_max_size(raw, name: str) -> int:
+def microbatch_max_size(raw: Any, name: str) -> int:
     """The most instances one merged call is given, from 1 to 100000.
 
     Raises:
@@ -329,7 +334,7 @@ def microbatch_max_size(raw, name: str) -> int:
     return value
 
 
-def microbatch_wait(raw, name: str) -> float:
+def microbatch_wait(raw: Any, name: str) -> float:
     """The longest a merged call waits for company, in seconds, from milliseconds (0 to 1000).
 
     Raises:
@@ -376,7 +381,12 @@ def check_name(raw: str, what: str) -> str:
     return raw
 
 
-def _checked_name(raw, where: str) -> str:
+def _checked_name(raw: Any, where: str) -> str:
+    if isinstance(raw, bool):  # YAML 1.1 reads an unquoted yes, no, on, off as booleans
+        raise ConfigError(
+            f"the name in {where} was read as the YAML boolean {str(raw).lower()}: a name "
+            "such as on, off, yes or no must be quoted ('off')"
+        )
     return check_name(str(raw), f"the name in {where}")
 
 

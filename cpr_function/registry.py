@@ -133,7 +133,7 @@ class Registry:
             versions = []
             for spec in model.versions:
                 handle = self._handles[spec.key]
-                versions.append({**_describe(spec), **handle.status()})
+                versions.append({**_describe(spec, self._config), **handle.status()})
             models.append(
                 {"name": model.name, "defaultVersion": model.default_version, "versions": versions}
             )
@@ -150,14 +150,17 @@ def _memory(handle) -> int:
     return (getattr(handle, "memory", None) or 0) if handle.loaded else 0
 
 
-def _describe(spec: VersionSpec) -> dict[str, Any]:
-    described = {
+def _describe(spec: VersionSpec, config: Config) -> dict[str, Any]:
+    if spec.forward_to:
+        return {"name": spec.name, "forwardTo": spec.forward_to}
+    batching = config.microbatch_for(spec)
+    return {
         "name": spec.name,
         "origin": spec.origin,
         "packageUris": list(spec.package_uris),
         "predictionClass": spec.prediction_class,
         "framework": spec.framework,
+        "microbatchMode": batching.mode,
+        "microbatchMaxSize": batching.max_size,
+        "microbatchWaitMs": round(batching.wait * 1000, 3),
     }
-    if spec.forward_to:
-        described = {"name": spec.name, "forwardTo": spec.forward_to}
-    return described

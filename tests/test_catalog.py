@@ -62,6 +62,7 @@ models:
     versions:
       merged: {origin: /x, microbatch: all, microbatch_max_size: 8, microbatch_wait_ms: 0.5}
       apart: {origin: /y, microbatch: false}
+      quoted: {origin: /v, microbatch: "off"}
       yaml_true: {origin: /z, microbatch: true, microbatchWaitMs: 0}
       unset: {origin: /w}
 """
@@ -73,6 +74,7 @@ models:
     assert settings == {
         "merged": ("all", 8, 0.0005),
         "apart": ("false", 32, 0.003),
+        "quoted": ("false", 32, 0.003),
         "yaml_true": ("true", 32, 0.0),
         "unset": ("true", 32, 0.003),
     }
@@ -102,6 +104,20 @@ def test_unknown_names_are_404_with_what_exists():
         ("models: {m: [1]}", "model 'm' must be a mapping with a 'versions' mapping"),
         ("models: {m: {versions: {}}}", "model 'm' has no versions"),
         ("models: {'bad name': {versions: {a: {origin: /x}}}}", "must be letters, digits"),
+        (
+            "models: {m: {default_version: 'off', versions: {off: {origin: /x}}}}",
+            "the name in models file f.yaml, model 'm', version False was read as the YAML "
+            "boolean false: a name such as on, off, yes or no must be quoted ('off')",
+        ),
+        (
+            "models: {m: {default_version: on, versions: {'on': {origin: /x}, b: {origin: /y}}}}",
+            "the name in models file f.yaml, model 'm', default_version was read as the YAML "
+            "boolean true",
+        ),
+        (
+            "default_model: no\nmodels: {'no': {versions: {a: {origin: /x}}}}",
+            "the name in models file f.yaml, default_model was read as the YAML boolean false",
+        ),
         (
             "models: {m: {versions: {a: {origin: /x}, b: {origin: /y}}}}",
             "model 'm' has several versions (a, b); name the one that serves by default",
@@ -180,13 +196,26 @@ def test_unknown_names_are_404_with_what_exists():
             "models: {m: {versions: {a: {origin: /x, microbatchWaitMs: soon}}}}",
             "model 'm', version 'a', microbatch_wait_ms must be a number of milliseconds",
         ),
+        *(
+            (
+                f"models: {{m: {{versions: {{a: {{origin: /x, microbatch_wait_ms: {wait}}}}}}}}}",
+                f"model 'm', version 'a', microbatch_wait_ms must be a number of milliseconds "
+                f"from 0 to 1000, the longest a merged call waits for more requests to join; "
+                f"got {shown}",
+            )
+            for wait, shown in ((".nan", "nan"), (".inf", "inf"), ("true", "True"), ("-1", "-1"))
+        ),
+        (
+            "models: {m: {versions: {a: {origin: /x, microbatch: [true]}}}}",
+            "model 'm', version 'a', microbatch must be true (merge concurrent requests",
+        ),
         (
             "models: {m: {versions: {a: {forward_to: projects/p/locations/l/endpoints/e, "
             "microbatch: true, microbatch_wait_ms: 1}}}}",
-            "forward_to forwards to a deployed model in batches of models file f.yaml, model "
-            "'m', version 'a', batch_size instances; models file f.yaml, model 'm', version "
-            "'a', microbatch, models file f.yaml, model 'm', version 'a', microbatch_wait_ms "
-            "apply only to versions served here",
+            "model 'm', version 'a', forward_to forwards to a deployed model, so "
+            "microbatch=True, microbatch_wait_ms=1 cannot be set too: micro-batching merges "
+            "requests for versions served here, and forwarding sends batches of batch_size "
+            "already",
         ),
     ],
 )
