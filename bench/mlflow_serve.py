@@ -103,8 +103,8 @@ def save_models(root: Path) -> tuple[list[str], list[list[float]]]:
     from sklearn.linear_model import LogisticRegression
 
     features, labels = load_iris(return_X_y=True, as_frame=True)
-    # Fitted on the data frame, as an MLflow user would: the function's numpy rows then
-    # make scikit-learn warn about missing feature names on every call, MLflow's frames not.
+    # Fitted on the data frame, as an MLflow user would. The function gives this plain
+    # estimator the rows as an array in the fitted column order; MLflow gives it a frame.
     model = LogisticRegression(max_iter=1000).fit(features, labels)
     (root / "sk").mkdir()
     joblib.dump(model, root / "sk" / "model.joblib")

@@ -153,3 +153,140 @@ def test_the_openapi_document_of_a_framework_model_describes_instances(served):
     validate(document)
     schema = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     assert schema["schema"]["required"] == ["instances"]
+
+
+# Models fitted on pandas DataFrames keep their column names.
+
+FRAME_ROWS = [row + [color] for row, color in zip(IRIS, ["red", "blue", "blue"], strict=True)]
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width", "color"]
+
+
+@pytest.fixture(scope="module")
+def named(module_bucket, tmp_path_factory):
+    """A scikit-learn pipeline that picks its columns by name (numbers and a category) and an
+    XGBoost Booster, both fitted on DataFrames, served from the emulator; their own answers."""
+    import pandas as pd
+    from sklearn.compose import make_column_transformer
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    features, labels = load_iris(return_X_y=True, as_frame=True)
+    features.columns = FEATURES[:4]
+    frame = features.assign(color=np.where(labels == 0, "red", "blue"))
+    pipeline = make_pipeline(
+        make_column_transformer((StandardScaler(), FEATURES[:4]), (OneHotEncoder(), ["color"])),
+        LogisticRegression(max_iter=2000),
+    ).fit(frame, labels)
+    booster = xgboost.train(
+        {"objective": "multi:softprob", "num_class": 3, "max_depth": 2},
+        xgboost.DMatrix(features, label=labels),
+        num_boost_round=5,
+    )
+    leaf = LogisticRegression(max_iter=2000).fit(features, labels)
+    root = tmp_path_factory.mktemp("named")
+    for name in ("pipeline", "booster", "leaf"):
+        (root / name).mkdir()
+    joblib.dump(pipeline, root / "pipeline" / "model.joblib")
+    joblib.dump(leaf, root / "leaf" / "model.joblib")
+    booster.save_model(str(root / "booster" / "model.ubj"))
+    (root / "booster" / "model.ubj").rename(root / "booster" / "model.bst")
+    versions = {
+        n: {"origin": upload_dir(module_bucket, root / n, f"named-{n}")}
+        for n in ("pipeline", "booster", "leaf")
+    }
+    models = {"models": {"m": {"default_version": "pipeline", "versions": versions}}}
+    (root / "models.json").write_text(json.dumps(models))
+    env = {"CPR_MODELS": str(root / "models.json"), "CPR_CACHE_DIR": str(root / "cache")}
+    fn = FunctionProcess(env, root / "function.log").start()
+    sent = pd.DataFrame(FRAME_ROWS, columns=FEATURES)
+    fn.expected = {
+        "pipeline": pipeline.predict(sent).tolist(),
+        "proba": pipeline.predict_proba(sent).tolist(),
+        "booster": booster.predict(xgboost.DMatrix(sent[FEATURES[:4]])).tolist(),
+        "leaf": leaf.predict_proba(sent[FEATURES[:4]]).tolist(),
+    }
+    yield fn
+    fn.stop()
+
+
+def test_a_pipeline_fitted_on_a_dataframe_answers_rows_and_named_objects_as_it_would(named):
+    rows = {"instances": FRAME_ROWS}
+    objects = {"instances": [dict(zip(FEATURES, r, strict=True)) for r in FRAME_ROWS]}
+    objects["instances"][1] = dict(reversed(objects["instances"][1].items()))  # any key order
+    for body in (rows, objects):
+        answer = named.predict(body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == named.expected["pipeline"]
+    answer = named.predict({**rows, "probabilities": True})
+    np.testing.assert_allclose(answer.json()["predictions"], named.expected["proba"], rtol=1e-9)
+    assert "feature names" not in named.log()  # no warning about unnamed input
+
+
+def test_a_booster_trained_on_a_dataframe_answers_rows_and_named_objects_as_it_would(named):
+    rows = [r[:4] for r in FRAME_ROWS]
+    objects = [dict(zip(FEATURES[:4], r, strict=True)) for r in rows]
+    for instances in (rows, objects):
+        answer = named.predict({"instances": instances}, path=_on("booster"))
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(
+            answer.json()["predictions"], named.expected["booster"], rtol=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    "version,instance,message",
+    [
+        (
+            "pipeline",
+            {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "colour": "red"},
+            "instance 0 lacks petal_width, color and has colour, which the model does not "
+            "take; the model's features: sepal_length, sepal_width, petal_length, petal_width, "
+            "color",
+        ),
+        (
+            "pipeline",
+            [5.1, 3.5, 1.4, 0.2],
+            "instance 0 must be a row of 5 values or an object keyed by the model's features "
+            "(sepal_length, sepal_width, petal_length, petal_width, color); received a row of 4 "
+            "values",
+        ),
+        (
+            "pipeline",
+            "red",
+            "instance 0 must be a row of 5 values or an object keyed by the model's features "
+            "(sepal_length, sepal_width, petal_length, petal_width, color); received str 'red'",
+        ),
+        (
+            "pipeline",
+            [5.1, 3.5, 1.4, [0.2], "red"],
+            "instance 0 holds a list or an object where a value belongs",
+        ),
+        (
+            "booster",
+            {"sepal_length": 5.1},
+            "instance 0 lacks sepal_width, petal_length, petal_width; the model's features: "
+            "sepal_length, sepal_width, petal_length, petal_width",
+        ),
+    ],
+    ids=["missing-and-unknown", "short-row", "not-a-row", "nested", "booster-missing"],
+)
+def test_an_instance_that_does_not_fit_the_named_features_is_a_400(
+    named, version, instance, message
+):
+    answer = named.predict({"instances": [instance]}, path=_on(version))
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"] == message
+    assert named.predict({"instances": FRAME_ROWS}).status_code == 200
+
+
+def test_a_plain_estimator_fitted_on_a_dataframe_answers_as_it_would_and_warns_nothing(named):
+    rows = [r[:4] for r in FRAME_ROWS]
+    objects = [dict(zip(FEATURES[:4], r, strict=True)) for r in rows]
+    for instances in (rows, objects):
+        body = {"instances": instances, "probabilities": True}
+        answer = named.predict(body, path=_on("leaf"))
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["predictions"], named.expected["leaf"], rtol=1e-9)
+    assert "feature names" not in named.log()

@@ -1,7 +1,13 @@
-"""scikit-learn estimators and XGBoost models, served as AI Platform served them."""
+"""scikit-learn estimators and XGBoost models, served as AI Platform served them.
+
+A model fitted on a pandas DataFrame keeps its column names: it is given a DataFrame (or
+an XGBoost DMatrix) with those columns, so pipelines that pick columns by name work, and
+an instance may be an object keyed by feature name as well as a row of values.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,59 @@ def load(path: Path) -> Routine:
 
     with open(path, "rb") as f:
         return Routine(_Estimator(pickle.load(f)))
+
+
+def _named_rows(instances: list, names: list[str]) -> list[list]:
+    """Each instance as a row of the model's features, in the order it was fitted with.
+
+    An instance is a row of values in that order, or an object keyed by feature name.
+
+    Raises:
+        BadRequest: an instance is neither, lacks a feature or names one the model lacks.
+    """
+    known = set(names)
+    rows = []
+    for n, instance in enumerate(instances):
+        if isinstance(instance, dict):
+            missing = [f for f in names if f not in instance]
+            unknown = [str(k) for k in instance if k not in known]
+            if missing or unknown:
+                raise BadRequest(
+                    f"instance {n} "
+                    + (f"lacks {_listed(missing)}" if missing else "")
+                    + (" and " if missing and unknown else "")
+                    + (f"has {_listed(unknown)}, which the model does not take" if unknown else "")
+                    + f"; the model's features: {_listed(names)}"
+                )
+            row = [instance[f] for f in names]
+        elif isinstance(instance, list) and len(instance) == len(names):
+            row = instance
+        else:
+            raise BadRequest(
+                f"instance {n} must be a row of {len(names)} values or an object keyed by the "
+                f"model's features ({_listed(names)}); received {_received(instance)}"
+            )
+        if any(isinstance(v, list | dict) for v in row):
+            raise BadRequest(f"instance {n} holds a list or an object where a value belongs")
+        rows.append(row)
+    return rows
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    shown = ", ".join(map(str, names[:most]))
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _received(instance: Any) -> str:
+    if isinstance(instance, list):
+        return f"a row of {len(instance)} values"
+    return f"{type(instance).__name__} {instance!r}"[:200]
+
+
+def _feature_names(model: Any) -> list[str] | None:
+    """The column names a scikit-learn model was fitted with (on a pandas DataFrame)."""
+    names = getattr(model, "feature_names_in_", None)
+    return None if names is None else [str(n) for n in names]
 
 
 def _array(instances: list, features: int | None):
@@ -52,9 +111,16 @@ class _Estimator:
 
     def __init__(self, model):
         self._model = model
+        self._names = _feature_names(model)
+        self._frame = self._names is not None and _needs_frame(model)
+        if self._names is not None and not self._frame:
+            # A leaf estimator only checks the names: given in order, the values are the same.
+            warnings.filterwarnings(
+                "ignore", "X does not have valid feature names", UserWarning, r"sklearn\."
+            )
 
     def predict(self, instances: list, probabilities: bool = False, **kwargs: Any):
-        inputs = _array(instances, getattr(self._model, "n_features_in_", None))
+        inputs = self._inputs(instances)
         if probabilities:
             if not hasattr(self._model, "predict_proba"):
                 raise BadRequest(
@@ -63,6 +129,45 @@ class _Estimator:
                 )
             return self._model.predict_proba(inputs)
         return self._model.predict(inputs)
+
+    def _inputs(self, instances: list):
+        """What the model was fitted on: a DataFrame with its columns, or an array."""
+        names = self._names
+        if names is None:
+            return _array(instances, getattr(self._model, "n_features_in_", None))
+        array = _numbers(instances, len(names))  # the common case, without a loop per row
+        if not self._frame:
+            return array if array is not None else _array(_named_rows(instances, names), len(names))
+        import pandas
+
+        if array is not None:
+            return pandas.DataFrame(array, columns=names, copy=False)
+        return pandas.DataFrame(_named_rows(instances, names), columns=names)
+
+
+def _needs_frame(model: Any) -> bool:
+    """Whether a model fitted on a DataFrame must be given one, not only values in order.
+
+    scikit-learn's own leaf estimators use the names only to check them, and take a
+    DataFrame at several times the cost of an array (740 against 200 us a call for a
+    LogisticRegression). Pipelines, column transformers, meta-estimators and other
+    libraries' models may pick columns by name or type, so they get the DataFrame.
+    """
+    composite = ("steps", "transformers", "transformer_list", "estimators", "estimator")
+    own = type(model).__module__.startswith("sklearn.")
+    return not own or any(hasattr(model, a) for a in composite)
+
+
+def _numbers(instances: list, width: int):
+    """The instances as a 2-D array of numbers `width` wide, or None when they are not."""
+    import numpy
+
+    try:
+        array = numpy.asarray(instances)
+    except (ValueError, TypeError):
+        return None
+    fits = array.ndim == 2 and array.shape[1] == width and array.dtype.kind in "biuf"
+    return array if fits else None
 
 
 class _Booster:
@@ -76,5 +181,11 @@ class _Booster:
     def predict(self, instances: list, **kwargs: Any):
         import xgboost
 
-        inputs = _array(instances, self._booster.num_features() or None)
-        return self._booster.predict(xgboost.DMatrix(inputs))
+        names = self._booster.feature_names
+        if names is None:
+            inputs = _array(instances, self._booster.num_features() or None)
+            return self._booster.predict(xgboost.DMatrix(inputs))
+        inputs = _numbers(instances, len(names))
+        if inputs is None:
+            inputs = _array(_named_rows(instances, names), len(names))
+        return self._booster.predict(xgboost.DMatrix(inputs, feature_names=names))
