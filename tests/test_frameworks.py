@@ -249,19 +249,21 @@ def test_a_booster_trained_on_a_dataframe_answers_rows_and_named_objects_as_it_w
             "pipeline",
             [5.1, 3.5, 1.4, 0.2],
             "instance 0 must be a row of 5 values or an object keyed by the model's features "
-            "(sepal_length, sepal_width, petal_length, petal_width, color); received a row of 4 "
+            "(sepal_length, sepal_width, petal_length, petal_width, color); received a list of 4 "
             "values",
         ),
         (
             "pipeline",
             "red",
             "instance 0 must be a row of 5 values or an object keyed by the model's features "
-            "(sepal_length, sepal_width, petal_length, petal_width, color); received str 'red'",
+            "(sepal_length, sepal_width, petal_length, petal_width, color); received a string, "
+            "'red'",
         ),
         (
             "pipeline",
             [5.1, 3.5, 1.4, [0.2], "red"],
-            "instance 0 holds a list or an object where a value belongs",
+            "instance 0 holds a list of 1 value for feature 'petal_width'; each feature takes "
+            "one value",
         ),
         (
             "booster",
@@ -290,3 +292,83 @@ def test_a_plain_estimator_fitted_on_a_dataframe_answers_as_it_would_and_warns_n
         assert answer.status_code == 200, answer.text
         np.testing.assert_allclose(answer.json()["predictions"], named.expected["leaf"], rtol=1e-9)
     assert "feature names" not in named.log()
+
+
+def test_without_pandas_a_pipeline_fitted_on_a_dataframe_still_answers_numbers(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features, labels = load_iris(return_X_y=True, as_frame=True)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    joblib.dump(pipeline.fit(features, labels), tmp_path / "model.joblib")
+    code = (
+        "import sys, json\n"
+        "class NoPandas:\n"  # import pandas fails from here on, as where it is not installed
+        "    def find_spec(self, name, *args):\n"
+        "        if name.split('.')[0] == 'pandas': raise ImportError('no pandas here')\n"
+        "sys.meta_path.insert(0, NoPandas())\n"
+        "from pathlib import Path\n"
+        "from cpr_function.frameworks import estimators\n"
+        f"routine = estimators.load(Path({str(tmp_path / 'model.joblib')!r}))\n"
+        f"print(json.dumps(routine.predictor.predict({IRIS!r}).tolist()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    sent = pd.DataFrame(IRIS, columns=features.columns)
+    assert json.loads(done.stdout) == pipeline.predict(sent).tolist()
+
+
+def test_a_null_is_a_missing_value_alone_and_beside_other_requests_instances(tmp_path):
+    import pandas as pd
+    from sklearn.compose import make_column_transformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from cpr_function.frameworks import estimators
+
+    frame = pd.DataFrame(
+        {"size": [0.1, 0.9, 0.4, 0.7, 0.2, 0.8], "color": ["red", "blue", None] * 2}
+    )
+    colors = make_pipeline(SimpleImputer(strategy="constant", fill_value="none"), OneHotEncoder())
+    model = make_pipeline(
+        make_column_transformer((colors, ["color"]), ("passthrough", ["size"])),
+        LogisticRegression(),
+    ).fit(frame, [0, 1, 1, 0, 0, 1])
+    joblib.dump(model, tmp_path / "model.joblib")
+    predictor = estimators.load(tmp_path / "model.joblib").predictor
+    alone = predictor.predict([[0.3, None]], probabilities=True)[0]
+    merged = predictor.predict([[0.3, None], [0.5, "red"]], probabilities=True)[0]
+    nan = pd.DataFrame({"size": [0.3], "color": [float("nan")]}).astype({"color": object})
+    np.testing.assert_allclose(alone, merged, rtol=1e-12)
+    np.testing.assert_allclose(alone, model.predict_proba(nan)[0], rtol=1e-12)
+
+
+def test_a_wrapped_pipeline_that_picks_columns_by_name_gets_its_columns(tmp_path):
+    import pandas as pd
+    from sklearn.compose import TransformedTargetRegressor, make_column_transformer
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from cpr_function.frameworks import estimators
+
+    features, labels = load_iris(return_X_y=True, as_frame=True)
+    picks = make_column_transformer((StandardScaler(), ["petal length (cm)"]))
+    model = TransformedTargetRegressor(
+        regressor=make_pipeline(picks, Ridge()), func=np.log1p, inverse_func=np.expm1
+    ).fit(features, labels)
+    joblib.dump(model, tmp_path / "model.joblib")
+    predictor = estimators.load(tmp_path / "model.joblib").predictor
+    expected = model.predict(pd.DataFrame(IRIS, columns=features.columns))
+    np.testing.assert_allclose(predictor.predict(IRIS), expected, rtol=1e-12)

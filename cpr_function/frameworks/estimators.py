@@ -7,7 +7,6 @@ an instance may be an object keyed by feature name as well as a row of values.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +62,35 @@ def _named_rows(instances: list, names: list[str]) -> list[list]:
                 f"instance {n} must be a row of {len(names)} values or an object keyed by the "
                 f"model's features ({_listed(names)}); received {_received(instance)}"
             )
-        if any(isinstance(v, list | dict) for v in row):
-            raise BadRequest(f"instance {n} holds a list or an object where a value belongs")
-        rows.append(row)
+        nested = next((i for i, v in enumerate(row) if isinstance(v, list | dict)), None)
+        if nested is not None:
+            raise BadRequest(
+                f"instance {n} holds {_received(row[nested])} for feature {names[nested]!r}; "
+                "each feature takes one value"
+            )
+        # JSON's null is a missing value, whatever else the call holds (merged requests).
+        rows.append([_NAN if v is None else v for v in row])
     return rows
 
 
+_NAN = float("nan")
+
+
 def _listed(names: list[str], most: int = 12) -> str:
-    shown = ", ".join(map(str, names[:most]))
+    shown = ", ".join(str(n)[:40] for n in names[:most])
     return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
-def _received(instance: Any) -> str:
-    if isinstance(instance, list):
-        return f"a row of {len(instance)} values"
-    return f"{type(instance).__name__} {instance!r}"[:200]
+def _received(value: Any) -> str:
+    """A JSON value as a message names it."""
+    if isinstance(value, list):
+        return f"a list of {len(value)} value{'s' if len(value) != 1 else ''}"
+    if isinstance(value, dict):
+        return f"an object with keys {_listed(list(value))}"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    kind = "a string" if isinstance(value, str) else "a number"
+    return f"{kind}, {value!r}"[:120]
 
 
 def _feature_names(model: Any) -> list[str] | None:
@@ -112,12 +125,19 @@ class _Estimator:
     def __init__(self, model):
         self._model = model
         self._names = _feature_names(model)
-        self._frame = self._names is not None and _needs_frame(model)
-        if self._names is not None and not self._frame:
-            # A leaf estimator only checks the names: given in order, the values are the same.
-            warnings.filterwarnings(
-                "ignore", "X does not have valid feature names", UserWarning, r"sklearn\."
-            )
+        self._frame = False  # without pandas, every model is given an array
+        if self._names is not None and _needs_frame(model):
+            try:
+                import pandas  # noqa: F401 - each call needs it; found once, here
+            except ImportError:
+                pass  # as before names were kept: the values in order, and the model's warning
+            else:
+                self._frame = True
+        elif self._names is not None:
+            # A leaf estimator keeps the names only to check them against a DataFrame's;
+            # without them it takes an array of the same values in the same order as is,
+            # and has nothing to warn about.
+            del model.feature_names_in_
 
     def predict(self, instances: list, probabilities: bool = False, **kwargs: Any):
         inputs = self._inputs(instances)
@@ -137,25 +157,43 @@ class _Estimator:
             return _array(instances, getattr(self._model, "n_features_in_", None))
         array = _numbers(instances, len(names))  # the common case, without a loop per row
         if not self._frame:
-            return array if array is not None else _array(_named_rows(instances, names), len(names))
+            if array is not None:
+                return array
+            import numpy
+
+            # Each value keeps its type (a number stays a number beside a string).
+            return numpy.array(_named_rows(instances, names), dtype=object)
         import pandas
 
         if array is not None:
             return pandas.DataFrame(array, columns=names, copy=False)
+        # Rows mixing numbers and strings keep each value's type, column by column.
         return pandas.DataFrame(_named_rows(instances, names), columns=names)
 
 
 def _needs_frame(model: Any) -> bool:
     """Whether a model fitted on a DataFrame must be given one, not only values in order.
 
-    scikit-learn's own leaf estimators use the names only to check them, and take a
-    DataFrame at several times the cost of an array (740 against 200 us a call for a
-    LogisticRegression). Pipelines, column transformers, meta-estimators and other
-    libraries' models may pick columns by name or type, so they get the DataFrame.
+    scikit-learn's own leaf estimators take numbers only and use the names only to check
+    them, and take a DataFrame at several times the cost of an array (740 against 200 us
+    a call for a LogisticRegression). Pipelines, column transformers, meta-estimators
+    (anything that holds another estimator), histogram gradient boosting with categorical
+    features and other libraries' models may pick columns by name or type, so they get
+    the DataFrame.
     """
-    composite = ("steps", "transformers", "transformer_list", "estimators", "estimator")
-    own = type(model).__module__.startswith("sklearn.")
-    return not own or any(hasattr(model, a) for a in composite)
+    if not type(model).__module__.startswith("sklearn."):
+        return True
+    categorical = getattr(model, "is_categorical_", None)  # histogram gradient boosting's
+    if categorical is not None and any(categorical):
+        return True  # it encodes those columns by name, with an encoder fitted on the frame
+    return any(_holds_estimator(v) for v in model.get_params(deep=False).values())
+
+
+def _holds_estimator(value: Any) -> bool:
+    """An estimator, or a list of them as Pipeline's `steps` and ColumnTransformer's hold."""
+    if isinstance(value, list | tuple):
+        return any(_holds_estimator(v) for v in value)
+    return hasattr(value, "fit")
 
 
 def _numbers(instances: list, width: int):
