@@ -178,7 +178,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         text = f"SystemExit: the code called sys.exit({exc.code!r})"
     else:
-        text = f"{type(exc).__name__}: {exc}"
+        # Native libraries (XGBoost) append their C++ stack to the message: log-only detail.
+        message = str(exc).split("\nStack trace:")[0]
+        text = f"{type(exc).__name__}: {message}"
     hint = advice(exc)
     return text + (f". To fix: {hint}" if hint else "")
 

@@ -233,6 +233,7 @@ def test_a_booster_trained_on_a_dataframe_answers_rows_and_named_objects_as_it_w
         np.testing.assert_allclose(
             answer.json()["predictions"], named.expected["booster"], rtol=1e-6
         )
+    assert "Unknown file format" not in named.log()  # XGBoost's guess from the name model.bst
 
 
 @pytest.mark.parametrize(
@@ -372,3 +373,41 @@ def test_a_wrapped_pipeline_that_picks_columns_by_name_gets_its_columns(tmp_path
     predictor = estimators.load(tmp_path / "model.joblib").predictor
     expected = model.predict(pd.DataFrame(IRIS, columns=features.columns))
     np.testing.assert_allclose(predictor.predict(IRIS), expected, rtol=1e-12)
+
+
+def test_a_booster_with_a_categorical_feature_takes_its_categories_by_value(tmp_path):
+    import pandas as pd
+
+    from cpr_function.frameworks import estimators
+
+    frame = pd.DataFrame(
+        {"size": [0.1, 0.9, 0.4, 0.7, 0.3, 0.6], "color": ["red", "blue", "green"] * 2}
+    ).astype({"color": "category"})
+    booster = xgboost.train(
+        {"max_depth": 2},
+        xgboost.DMatrix(frame, label=[0, 1, 1, 0, 0, 1], enable_categorical=True),
+        num_boost_round=3,
+    )
+    booster.save_model(str(tmp_path / "model.ubj"))
+    (tmp_path / "model.ubj").rename(tmp_path / "model.bst")
+    predictor = estimators.load(tmp_path / "model.bst").predictor
+    expected = booster.predict(xgboost.DMatrix(frame.iloc[[2, 1]], enable_categorical=True))
+    by_value = [[0.4, "green"], {"color": "blue", "size": 0.9}]
+    by_code = [[0.4, 1], [0.9, 0]]  # the codes, in the categories' sorted order
+    np.testing.assert_allclose(predictor.predict(by_value), expected, rtol=1e-6)
+    np.testing.assert_allclose(predictor.predict(by_code), expected, rtol=1e-6)
+    with pytest.raises(Exception) as refused:
+        predictor.predict([["big", "green"]])
+    assert str(refused.value) == "feature 'size' takes numbers; instance 0 holds a string, 'big'"
+    assert getattr(refused.value, "status_code", None) == 400
+
+
+def test_a_native_library_s_stack_trace_stays_out_of_the_error_message():
+    from cpr_function import legacy
+
+    with pytest.raises(xgboost.core.XGBoostError) as raised:
+        xgboost.DMatrix(np.asarray([["a", "b"]]))
+    assert "Stack trace:" in str(raised.value)  # what XGBoost puts in its message
+    described = legacy.describe(raised.value)
+    assert described.startswith("XGBoostError: [") and "is not supported" in described
+    assert "Stack trace" not in described and "[bt]" not in described and "\n" not in described

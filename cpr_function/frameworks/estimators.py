@@ -20,7 +20,9 @@ def load(path: Path) -> Routine:
         import xgboost
 
         booster = xgboost.Booster()
-        booster.load_model(str(path))
+        # From the bytes: XGBoost finds JSON or UBJSON itself, where from a file it warns
+        # that it guesses the format from the name, which AI Platform fixed as model.bst.
+        booster.load_model(bytearray(path.read_bytes()))
         return Routine(_Booster(booster))
     if path.suffix == ".joblib":
         import joblib
@@ -224,6 +226,32 @@ class _Booster:
             inputs = _array(instances, self._booster.num_features() or None)
             return self._booster.predict(xgboost.DMatrix(inputs))
         inputs = _numbers(instances, len(names))
-        if inputs is None:
-            inputs = _array(_named_rows(instances, names), len(names))
-        return self._booster.predict(xgboost.DMatrix(inputs, feature_names=names))
+        if inputs is not None:  # categorical features as their codes, as before
+            return self._booster.predict(xgboost.DMatrix(inputs, feature_names=names))
+        rows = _named_rows(instances, names)
+        types = self._booster.feature_types or ["float"] * len(names)
+        categorical = [n for n, t in zip(names, types, strict=True) if t == "c"]
+        _numbers_only(rows, names, categorical)
+        if not categorical:
+            return self._booster.predict(
+                xgboost.DMatrix(_array(rows, len(names)), feature_names=names)
+            )
+        import pandas
+
+        # Categories by value: XGBoost maps them to the codes it was trained with.
+        frame = pandas.DataFrame(rows, columns=names).astype(dict.fromkeys(categorical, "category"))
+        return self._booster.predict(xgboost.DMatrix(frame, enable_categorical=True))
+
+
+def _numbers_only(rows: list[list], names: list[str], categorical: list[str]) -> None:
+    """Refuses a value that is not a number for a feature that takes numbers.
+
+    Raises:
+        BadRequest: naming the instance, the feature and the value.
+    """
+    for n, row in enumerate(rows):
+        for name, value in zip(names, row, strict=True):
+            if not isinstance(value, int | float) and name not in categorical:
+                raise BadRequest(
+                    f"feature {name!r} takes numbers; instance {n} holds {_received(value)}"
+                )
