@@ -12,7 +12,8 @@ from .errors import ConfigError, NotFound
 FRAMEWORKS = ("scikit-learn", "xgboost", "tensorflow", "mlflow")
 AUTH_MODES = ("auto", "access-token", "id-token", "none")
 MICROBATCH_MODES = ("false", "true", "all")
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# Words read as true and false, here and in the CPR_* settings.
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _FORWARD = re.compile(
@@ -295,18 +296,18 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
         retries=_count(get("retries"), where("retries"), 5),
         auth=auth,
         description=str(get("description") or ""),
-        **_microbatch(get, where),
+        **microbatch_fields(get, where),
     )
 
 
-def microbatch_mode(raw: Any, name: str) -> str:
+def _microbatch_mode(raw: Any, name: str) -> str:
     """`false`, `true` or `all` from a setting (a YAML boolean counts).
 
     Raises:
         ConfigError: anything else, with what each mode means.
     """
     mode = str(raw).strip().lower()
-    mode = "true" if mode in _TRUE else "false" if mode in _FALSE else mode
+    mode = "true" if mode in TRUE_WORDS else "false" if mode in FALSE_WORDS else mode
     if mode not in MICROBATCH_MODES:
         raise ConfigError(
             f"{name} must be true (merge concurrent requests for predictors that declare "
@@ -316,7 +317,7 @@ def microbatch_mode(raw: Any, name: str) -> str:
     return mode
 
 
-def microbatch_max_size(raw: Any, name: str) -> int:
+def _microbatch_max_size(raw: Any, name: str) -> int:
     """The most instances one merged call is given, from 1 to 100000.
 
     Raises:
@@ -334,7 +335,7 @@ def microbatch_max_size(raw: Any, name: str) -> int:
     return value
 
 
-def microbatch_wait(raw: Any, name: str) -> float:
+def _microbatch_wait(raw: Any, name: str) -> float:
     """The longest a merged call waits for company, in seconds, from milliseconds (0 to 1000).
 
     Raises:
@@ -352,18 +353,29 @@ def microbatch_wait(raw: Any, name: str) -> float:
     return value / 1000
 
 
-def _microbatch(get, where: Where) -> dict[str, Any]:
-    """A version's own micro-batching settings, those it sets."""
-    size, wait = get("microbatch_max_size"), get("microbatch_wait_ms")
-    mode = get("microbatch")
+def microbatch_fields(get: Callable[[str], Any], where: Where) -> dict[str, Any]:
+    """Micro-batching settings, checked: None for each one that is not set.
+
+    Args:
+        get: a field's raw value (`microbatch`, `microbatch_max_size`,
+            `microbatch_wait_ms`), or None.
+        where: names a field in error messages (a models file path or a `CPR_*` variable).
+
+    Returns:
+        `microbatch`, `microbatch_max_size` and `microbatch_wait` (seconds), as
+        `VersionSpec` and `Config` name them.
+
+    Raises:
+        ConfigError: a value outside what its field accepts.
+    """
+    checks = {
+        "microbatch": ("microbatch", _microbatch_mode),
+        "microbatch_max_size": ("microbatch_max_size", _microbatch_max_size),
+        "microbatch_wait": ("microbatch_wait_ms", _microbatch_wait),
+    }
     return {
-        "microbatch": microbatch_mode(mode, where("microbatch")) if mode is not None else None,
-        "microbatch_max_size": (
-            microbatch_max_size(size, where("microbatch_max_size")) if size is not None else None
-        ),
-        "microbatch_wait": (
-            microbatch_wait(wait, where("microbatch_wait_ms")) if wait is not None else None
-        ),
+        setting: None if (raw := get(field)) is None else check(raw, where(field))
+        for setting, (field, check) in checks.items()
     }
 
 

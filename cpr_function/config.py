@@ -19,8 +19,8 @@ ISOLATIONS = ("auto", "process", "none")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+_TRUE = catalog.TRUE_WORDS
+_FALSE = (*catalog.FALSE_WORDS, "")
 
 # The single-model settings, by the version field each one sets.
 SINGLE_MODEL = {
@@ -228,20 +228,14 @@ class Config:
 
 
 def _microbatch(get, cls) -> dict:
-    mode, size, wait = (get(f"CPR_MICROBATCH{n}") for n in ("", "_MAX_SIZE", "_WAIT_MS"))
-    return {
-        "microbatch": catalog.microbatch_mode(mode, "CPR_MICROBATCH") if mode else cls.microbatch,
-        "microbatch_max_size": (
-            catalog.microbatch_max_size(size, "CPR_MICROBATCH_MAX_SIZE")
-            if size is not None
-            else cls.microbatch_max_size
-        ),
-        "microbatch_wait": (
-            catalog.microbatch_wait(wait, "CPR_MICROBATCH_WAIT_MS")
-            if wait is not None
-            else cls.microbatch_wait
-        ),
+    """The deployment's micro-batching: CPR_MICROBATCH*, checked as a version's fields are."""
+    names = {
+        "microbatch": "CPR_MICROBATCH",
+        "microbatch_max_size": "CPR_MICROBATCH_MAX_SIZE",
+        "microbatch_wait_ms": "CPR_MICROBATCH_WAIT_MS",
     }
+    fields = catalog.microbatch_fields(lambda field: get(names[field]), names.__getitem__)
+    return {k: getattr(cls, k) if v is None else v for k, v in fields.items()}
 
 
 def _size(get, name: str, default: int) -> int:

@@ -231,7 +231,7 @@ class _Booster:
         rows = _named_rows(instances, names)
         types = self._booster.feature_types or ["float"] * len(names)
         categorical = [n for n, t in zip(names, types, strict=True) if t == "c"]
-        _numbers_only(rows, names, categorical)
+        _numbers_only(rows, names, [t != "c" for t in types])
         if not categorical:
             return self._booster.predict(
                 xgboost.DMatrix(_array(rows, len(names)), feature_names=names)
@@ -243,15 +243,15 @@ class _Booster:
         return self._booster.predict(xgboost.DMatrix(frame, enable_categorical=True))
 
 
-def _numbers_only(rows: list[list], names: list[str], categorical: list[str]) -> None:
+def _numbers_only(rows: list[list], names: list[str], numeric: list[bool]) -> None:
     """Refuses a value that is not a number for a feature that takes numbers.
 
     Raises:
         BadRequest: naming the instance, the feature and the value.
     """
     for n, row in enumerate(rows):
-        for name, value in zip(names, row, strict=True):
-            if not isinstance(value, int | float) and name not in categorical:
+        for name, takes_numbers, value in zip(names, numeric, row, strict=True):
+            if takes_numbers and not isinstance(value, int | float):
                 raise BadRequest(
                     f"feature {name!r} takes numbers; instance {n} holds {_received(value)}"
                 )
