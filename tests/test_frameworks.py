@@ -115,8 +115,32 @@ def test_predictions_equal_the_framework_s_own(served, trained, version, body, k
             {"instances": IRIS, "probabilities": True},
             "probabilities=true needs a classifier with predict_proba; XGBRegressor has none",
         ),
+        (
+            "joblib",
+            {"instances": [IRIS[0], [6.7, "wide", 5.2, 2.3]]},
+            "feature 1 takes numbers; instance 1 holds a string, 'wide'",
+        ),
+        (
+            "joblib",
+            {"instances": [[6.7, 3.0, None, 2.3]]},
+            "feature 2 has no value (null) in instance 0, and LogisticRegression takes no "
+            "missing values",
+        ),
+        (
+            "xgb_sklearn",
+            {"instances": [["5.1", 3.5, 1.4, 0.2]]},
+            "feature 0 takes numbers; instance 0 holds a string, '5.1'",
+        ),
     ],
-    ids=["narrow-rows", "narrow-rows-booster", "ragged", "probabilities-on-regressor"],
+    ids=[
+        "narrow-rows",
+        "narrow-rows-booster",
+        "ragged",
+        "probabilities-on-regressor",
+        "string-for-a-number",
+        "null-where-no-missing-values",
+        "string-for-a-number-xgboost",
+    ],
 )
 def test_input_that_does_not_fit_the_model_is_a_400(served, version, body, message):
     answer = served.predict(body, path=_on(version))
@@ -185,17 +209,23 @@ def named(module_bucket, tmp_path_factory):
         num_boost_round=5,
     )
     leaf = LogisticRegression(max_iter=2000).fit(features, labels)
+    # A colour the classes follow, so the classifier splits on it.
+    colored = features.assign(color=np.array(["red", "blue", "green"])[labels])
+    categorical = xgboost.XGBClassifier(n_estimators=5, max_depth=2, enable_categorical=True)
+    categorical.fit(colored.astype({"color": "category"}), labels)
     root = tmp_path_factory.mktemp("named")
-    for name in ("pipeline", "booster", "leaf"):
+    for name in ("pipeline", "booster", "leaf", "categorical"):
         (root / name).mkdir()
     joblib.dump(pipeline, root / "pipeline" / "model.joblib")
     joblib.dump(leaf, root / "leaf" / "model.joblib")
+    joblib.dump(categorical, root / "categorical" / "model.joblib")
     booster.save_model(str(root / "booster" / "model.ubj"))
     (root / "booster" / "model.ubj").rename(root / "booster" / "model.bst")
     versions = {
         n: {"origin": upload_dir(module_bucket, root / n, f"named-{n}")}
-        for n in ("pipeline", "booster", "leaf")
+        for n in ("pipeline", "booster", "leaf", "categorical")
     }
+    versions["categorical"]["framework"] = "xgboost"
     models = {"models": {"m": {"default_version": "pipeline", "versions": versions}}}
     (root / "models.json").write_text(json.dumps(models))
     env = {"CPR_MODELS": str(root / "models.json"), "CPR_CACHE_DIR": str(root / "cache")}
@@ -206,6 +236,10 @@ def named(module_bucket, tmp_path_factory):
         "proba": pipeline.predict_proba(sent).tolist(),
         "booster": booster.predict(xgboost.DMatrix(sent[FEATURES[:4]])).tolist(),
         "leaf": leaf.predict_proba(sent[FEATURES[:4]]).tolist(),
+        "categorical": categorical.predict_proba(sent.astype({"color": "category"})).tolist(),
+        "categorical-blue": categorical.predict_proba(
+            sent.assign(color="blue").astype({"color": "category"})
+        ).tolist(),
     }
     yield fn
     fn.stop()
@@ -272,8 +306,33 @@ def test_a_booster_trained_on_a_dataframe_answers_rows_and_named_objects_as_it_w
             "instance 0 lacks sepal_width, petal_length, petal_width; the model's features: "
             "sepal_length, sepal_width, petal_length, petal_width",
         ),
+        (
+            "leaf",
+            {"sepal_length": 5.1, "sepal_width": "3.5", "petal_length": 1.4, "petal_width": 0.2},
+            "feature 'sepal_width' takes numbers; instance 0 holds a string, '3.5'",
+        ),
+        (
+            "categorical",
+            [5.1, 3.5, 1.4, 0.2, 0],
+            "feature 'color' takes one of the model's categories by name; instance 0 holds a "
+            "number, 0",
+        ),
+        (
+            "categorical",
+            [5.1, 3.5, "long", 0.2, "red"],
+            "feature 'petal_length' takes numbers; instance 0 holds a string, 'long'",
+        ),
     ],
-    ids=["missing-and-unknown", "short-row", "not-a-row", "nested", "booster-missing"],
+    ids=[
+        "missing-and-unknown",
+        "short-row",
+        "not-a-row",
+        "nested",
+        "booster-missing",
+        "string-for-a-number",
+        "code-for-a-category-by-name",
+        "string-for-a-number-beside-a-category",
+    ],
 )
 def test_an_instance_that_does_not_fit_the_named_features_is_a_400(
     named, version, instance, message
@@ -293,6 +352,38 @@ def test_a_plain_estimator_fitted_on_a_dataframe_answers_as_it_would_and_warns_n
         assert answer.status_code == 200, answer.text
         np.testing.assert_allclose(answer.json()["predictions"], named.expected["leaf"], rtol=1e-9)
     assert "feature names" not in named.log()
+
+
+def test_an_xgboost_classifier_with_a_categorical_feature_takes_its_categories_by_name(named):
+    everything = named.expected["categorical"]
+    objects = [dict(zip(FEATURES, r, strict=True)) for r in FRAME_ROWS]
+    # "red" alone in a call is still "red", not the code of the first category sent.
+    alone = FRAME_ROWS[:1]
+    assert not np.allclose(everything[0], named.expected["categorical-blue"][0])
+    for instances, expected in (
+        (FRAME_ROWS, everything),
+        (objects, everything),
+        (alone, everything[:1]),
+    ):
+        body = {"instances": instances, "probabilities": True}
+        answer = named.predict(body, path=_on("categorical"))
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["predictions"], expected, rtol=1e-6)
+
+
+def test_a_null_is_a_missing_value_for_a_model_that_takes_them(tmp_path):
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from cpr_function.frameworks import estimators
+
+    features, labels = load_iris(return_X_y=True)
+    model = HistGradientBoostingClassifier(max_iter=5).fit(features, labels)
+    joblib.dump(model, tmp_path / "model.joblib")
+    predictor = estimators.load(tmp_path / "model.joblib").predictor
+    answer = predictor.predict([[6.7, None, 5.2, 2.3]], probabilities=True)
+    expected = model.predict_proba(np.asarray([[6.7, np.nan, 5.2, 2.3]]))
+    np.testing.assert_allclose(answer, expected, rtol=1e-12)
 
 
 def test_without_pandas_a_pipeline_fitted_on_a_dataframe_still_answers_numbers(tmp_path):

@@ -140,6 +140,9 @@ class _Estimator:
             # without them it takes an array of the same values in the same order as is,
             # and has nothing to warn about.
             del model.feature_names_in_
+        self._kinds = _column_kinds(model)
+        # Who refuses a null (NaN) in a number column, named in the 400 that says so.
+        self._no_missing = None if _takes_missing(model) else type(model).__name__
 
     def predict(self, instances: list, probabilities: bool = False, **kwargs: Any):
         inputs = self._inputs(instances)
@@ -154,23 +157,40 @@ class _Estimator:
 
     def _inputs(self, instances: list):
         """What the model was fitted on: a DataFrame with its columns, or an array."""
-        names = self._names
-        if names is None:
-            return _array(instances, getattr(self._model, "n_features_in_", None))
-        array = _numbers(instances, len(names))  # the common case, without a loop per row
-        if not self._frame:
-            if array is not None:
-                return array
-            import numpy
+        import numpy
 
-            # Each value keeps its type (a number stays a number beside a string).
-            return numpy.array(_named_rows(instances, names), dtype=object)
+        names, kinds = self._names, self._kinds
+        if names is None:
+            array = _array(instances, getattr(self._model, "n_features_in_", None))
+            if kinds is None or array.dtype.kind in "biuf" or array.ndim != 2:
+                return array
+            # Not all numbers: a string (or a null where the model takes none) is the
+            # caller's to fix. Columns are counted from 0; codes stand for categories.
+            rows = [[_NAN if v is None else v for v in row] for row in instances]
+            _check_kinds(
+                rows, [str(i) for i in range(len(kinds))], ["number"] * len(kinds), self._no_missing
+            )
+            return numpy.array(rows, dtype=float)
+        array = _numbers(instances, len(names))  # the common case, without a loop per row
+        if array is not None and "category" not in (kinds or ()):
+            if not self._frame:
+                return array
+            import pandas
+
+            return pandas.DataFrame(array, columns=names, copy=False)
+        rows = _named_rows(instances, names)
+        if kinds is not None:
+            _check_kinds(rows, [repr(n) for n in names], kinds, self._no_missing)
+        if not self._frame:
+            # Checked numbers; or, where the model checks its own input (pandas missing),
+            # each value as it came (a number stays a number beside a string).
+            return numpy.array(rows, dtype=float if kinds is not None else object)
         import pandas
 
-        if array is not None:
-            return pandas.DataFrame(array, columns=names, copy=False)
         # Rows mixing numbers and strings keep each value's type, column by column.
-        return pandas.DataFrame(_named_rows(instances, names), columns=names)
+        frame = pandas.DataFrame(rows, columns=names)
+        categorical = [n for n, k in zip(names, kinds or [], strict=False) if k == "category"]
+        return frame.astype(dict.fromkeys(categorical, "category")) if categorical else frame
 
 
 def _needs_frame(model: Any) -> bool:
@@ -210,6 +230,80 @@ def _numbers(instances: list, width: int):
     return array if fits else None
 
 
+def _column_kinds(model: Any) -> list[str] | None:
+    """What each of a model's columns takes, where the model says: `number`, `category` (by
+    name) or `code` (a category's number); None where the model checks its own input.
+
+    scikit-learn's own leaf estimators take numbers only; an XGBoost model takes numbers
+    and, for its categorical features, their categories.
+    """
+    module = type(model).__module__
+    if module.startswith("sklearn.") and not _needs_frame(model):
+        width = getattr(model, "n_features_in_", None)
+        return None if width is None else ["number"] * width
+    if module.startswith("xgboost.") and hasattr(model, "get_booster"):
+        return _xgboost_kinds(model.get_booster())
+    return None
+
+
+def _xgboost_kinds(booster) -> list[str]:
+    types = booster.feature_types or ["float"] * booster.num_features()
+    categories = "category" if "c" in types and _keeps_category_names(booster) else "code"
+    return [categories if t == "c" else "number" for t in types]
+
+
+def _keeps_category_names(booster) -> bool:
+    """Whether a Booster keeps the names of its categories, and so maps a category sent by
+    name to the code it was trained with: XGBoost 3.1 and later, for a model trained on a
+    DataFrame with category columns. Otherwise a category goes by its code only."""
+    try:
+        return not booster.get_categories().empty()
+    except Exception:  # an older XGBoost, without get_categories
+        return False
+
+
+def _takes_missing(model: Any) -> bool:
+    """Whether a model takes NaN among its numbers (scikit-learn says so in its tags)."""
+    if not type(model).__module__.startswith("sklearn."):
+        return True
+    try:
+        from sklearn.utils import get_tags
+
+        return bool(get_tags(model).input_tags.allow_nan)
+    except Exception:  # an older scikit-learn: the model's own check decides
+        return True
+
+
+def _check_kinds(
+    rows: list[list], labels: list[str], kinds: list[str], no_missing: str | None
+) -> None:
+    """Refuses a value a column cannot take: a non-number for a number (or a category's
+    code), a non-name for a category by name, and a null (NaN) where `no_missing`, the
+    model's name, takes none.
+
+    Raises:
+        BadRequest: naming the feature, the instance and the value.
+    """
+    for n, row in enumerate(rows):
+        for label, kind, value in zip(labels, kinds, row, strict=True):
+            if kind == "category":
+                if not isinstance(value, str) and value == value:  # NaN: missing
+                    raise BadRequest(
+                        f"feature {label} takes one of the model's categories by name; "
+                        f"instance {n} holds {_received(value)}"
+                    )
+            elif not isinstance(value, int | float):
+                what = "numbers" if kind == "number" else "its categories' codes (numbers)"
+                raise BadRequest(
+                    f"feature {label} takes {what}; instance {n} holds {_received(value)}"
+                )
+            elif no_missing is not None and value != value:
+                raise BadRequest(
+                    f"feature {label} has no value (null) in instance {n}, and {no_missing} "
+                    "takes no missing values"
+                )
+
+
 class _Booster:
     """An XGBoost Booster saved as `model.bst`."""
 
@@ -217,6 +311,7 @@ class _Booster:
 
     def __init__(self, booster):
         self._booster = booster
+        self._kinds = _xgboost_kinds(booster)
 
     def predict(self, instances: list, **kwargs: Any):
         import xgboost
@@ -229,29 +324,15 @@ class _Booster:
         if inputs is not None:  # categorical features as their codes, as before
             return self._booster.predict(xgboost.DMatrix(inputs, feature_names=names))
         rows = _named_rows(instances, names)
-        types = self._booster.feature_types or ["float"] * len(names)
-        categorical = [n for n, t in zip(names, types, strict=True) if t == "c"]
-        _numbers_only(rows, names, [t != "c" for t in types])
+        _check_kinds(rows, [repr(n) for n in names], self._kinds, None)
+        categorical = [n for n, k in zip(names, self._kinds, strict=True) if k == "category"]
         if not categorical:
-            return self._booster.predict(
-                xgboost.DMatrix(_array(rows, len(names)), feature_names=names)
-            )
+            import numpy
+
+            rows = numpy.array(rows, dtype=float)
+            return self._booster.predict(xgboost.DMatrix(rows, feature_names=names))
         import pandas
 
-        # Categories by value: XGBoost maps them to the codes it was trained with.
+        # Categories by name: XGBoost maps them to the codes it was trained with.
         frame = pandas.DataFrame(rows, columns=names).astype(dict.fromkeys(categorical, "category"))
         return self._booster.predict(xgboost.DMatrix(frame, enable_categorical=True))
-
-
-def _numbers_only(rows: list[list], names: list[str], numeric: list[bool]) -> None:
-    """Refuses a value that is not a number for a feature that takes numbers.
-
-    Raises:
-        BadRequest: naming the instance, the feature and the value.
-    """
-    for n, row in enumerate(rows):
-        for name, takes_numbers, value in zip(names, numeric, row, strict=True):
-            if takes_numbers and not isinstance(value, int | float):
-                raise BadRequest(
-                    f"feature {name!r} takes numbers; instance {n} holds {_received(value)}"
-                )
