@@ -493,6 +493,31 @@ def test_a_booster_with_a_categorical_feature_takes_its_categories_by_value(tmp_
     assert getattr(refused.value, "status_code", None) == 400
 
 
+def test_a_booster_that_keeps_no_category_names_takes_codes_and_says_so(tmp_path):
+    from cpr_function.frameworks import estimators
+
+    codes = np.asarray([[0.1, 0], [0.9, 1], [0.4, 2], [0.7, 0], [0.3, 1], [0.6, 2]])
+    trained = xgboost.DMatrix(
+        codes,
+        label=[0, 1, 1, 0, 0, 1],
+        feature_names=["size", "color"],
+        feature_types=["q", "c"],
+        enable_categorical=True,
+    )
+    booster = xgboost.train({"max_depth": 2}, trained, num_boost_round=3)
+    booster.save_model(str(tmp_path / "model.ubj"))
+    (tmp_path / "model.ubj").rename(tmp_path / "model.bst")
+    predictor = estimators.load(tmp_path / "model.bst").predictor
+    expected = booster.predict(xgboost.DMatrix(codes[[2, 1]], feature_names=["size", "color"]))
+    np.testing.assert_allclose(predictor.predict([[0.4, 2], [0.9, 1]]), expected, rtol=1e-6)
+    with pytest.raises(Exception) as refused:
+        predictor.predict([[0.4, "green"]])
+    assert str(refused.value) == (
+        "feature 'color' takes its categories' codes (numbers); instance 0 holds a string, 'green'"
+    )
+    assert getattr(refused.value, "status_code", None) == 400
+
+
 def test_a_native_library_s_stack_trace_stays_out_of_the_error_message():
     from cpr_function import legacy
 
