@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import json
@@ -103,6 +104,17 @@ def _wait_for_port(port: int, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"nothing listened on port {port} within 60s")
 
 
+# Every Function started and not yet stopped: stopped at exit, so a script that fails
+# between starting one and the `try` that stops it leaves no server running.
+_RUNNING: set[Function] = set()
+
+
+@atexit.register
+def _stop_running() -> None:
+    for function in list(_RUNNING):
+        function.stop()
+
+
 class Function:
     """A `functions-framework --target predict` process of this repository on loopback.
 
@@ -135,6 +147,7 @@ class Function:
         finally:
             if self.logs is not None:
                 self.logs.stdin.close()  # the function holds the pipe now, or failed to start
+        _RUNNING.add(self)
         try:
             _wait_for_port(self.port, self.proc)
         except BaseException:
@@ -157,6 +170,7 @@ class Function:
             conn.close()
 
     def stop(self) -> None:
+        _RUNNING.discard(self)
         self.proc.terminate()
         try:
             self.proc.wait(10)
