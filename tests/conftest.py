@@ -450,3 +450,32 @@ class FaultProxy:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def assert_schemathesis_finds_nothing(document_url: str, base_url: str, workdir: Path) -> None:
+    """A short property-based run of schemathesis: bodies generated from the OpenAPI
+    document, every answer checked against it (no 5xx, documented statuses, response
+    schemas and content types)."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            document_url,
+            "--url",
+            base_url,
+            "--max-examples",
+            "60",
+            "--checks",
+            "not_a_server_error,status_code_conformance,response_schema_conformance,"
+            "content_type_conformance",
+            "--seed",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=workdir,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -9,7 +9,7 @@ import joblib
 import numpy as np
 import pytest
 import requests
-from conftest import IRIS, FunctionProcess, upload_dir
+from conftest import IRIS, FunctionProcess, assert_schemathesis_finds_nothing, upload_dir
 
 xgboost = pytest.importorskip("xgboost")
 
@@ -131,6 +131,12 @@ def test_predictions_equal_the_framework_s_own(served, trained, version, body, k
             {"instances": [["5.1", 3.5, 1.4, 0.2]]},
             "feature 0 takes numbers; instance 0 holds a string, '5.1'",
         ),
+        (
+            "bst",
+            {"instances": [IRIS[0], [6.7, 3.0, 5.2, -1e39]]},
+            "feature 3 takes numbers of at most 3.402823e+38 in size (the model holds them as "
+            "float32); instance 1 holds a number, -1e+39",
+        ),
     ],
     ids=[
         "narrow-rows",
@@ -140,6 +146,7 @@ def test_predictions_equal_the_framework_s_own(served, trained, version, body, k
         "string-for-a-number",
         "null-where-no-missing-values",
         "string-for-a-number-xgboost",
+        "past-float32-booster",
     ],
 )
 def test_input_that_does_not_fit_the_model_is_a_400(served, version, body, message):
@@ -175,8 +182,16 @@ def test_the_openapi_document_of_a_framework_model_describes_instances(served):
 
     document = requests.get(served.url + "/openapi.json", timeout=60).json()
     validate(document)
-    schema = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
-    assert schema["schema"]["required"] == ["instances"]
+    body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["required"] == ["instances"]
+    # The default version: a LogisticRegression fitted on an array of 4 features.
+    assert body["schema"]["properties"]["instances"]["items"] == {
+        "type": "array",
+        "minItems": 4,
+        "maxItems": 4,
+        "items": {"type": "number"},
+    }
+    assert body["schema"]["properties"]["probabilities"]["type"] == "boolean"
 
 
 # Models fitted on pandas DataFrames keep their column names.
@@ -239,6 +254,9 @@ def named(module_bucket, tmp_path_factory):
         "categorical": categorical.predict_proba(sent.astype({"color": "category"})).tolist(),
         "categorical-blue": categorical.predict_proba(
             sent.assign(color="blue").astype({"color": "category"})
+        ).tolist(),
+        "categorical-missing": categorical.predict_proba(
+            sent.assign(color=None).astype({"color": pd.CategoricalDtype(["blue", "red"])})
         ).tolist(),
     }
     yield fn
@@ -314,8 +332,14 @@ def test_a_booster_trained_on_a_dataframe_answers_rows_and_named_objects_as_it_w
         (
             "categorical",
             [5.1, 3.5, 1.4, 0.2, 0],
-            "feature 'color' takes one of the model's categories by name; instance 0 holds a "
-            "number, 0",
+            "feature 'color' takes one of the model's categories (blue, green, red); instance 0 "
+            "holds a number, 0",
+        ),
+        (
+            "categorical",
+            [5.1, 3.5, 1.4, 0.2, "purple"],
+            "feature 'color' takes one of the model's categories (blue, green, red); instance 0 "
+            "holds a string, 'purple'",
         ),
         (
             "categorical",
@@ -331,6 +355,7 @@ def test_a_booster_trained_on_a_dataframe_answers_rows_and_named_objects_as_it_w
         "booster-missing",
         "string-for-a-number",
         "code-for-a-category-by-name",
+        "unknown-category",
         "string-for-a-number-beside-a-category",
     ],
 )
@@ -364,11 +389,119 @@ def test_an_xgboost_classifier_with_a_categorical_feature_takes_its_categories_b
         (FRAME_ROWS, everything),
         (objects, everything),
         (alone, everything[:1]),
+        ([r[:4] + [None] for r in FRAME_ROWS], named.expected["categorical-missing"]),
     ):
         body = {"instances": instances, "probabilities": True}
         answer = named.predict(body, path=_on("categorical"))
         assert answer.status_code == 200, answer.text
         np.testing.assert_allclose(answer.json()["predictions"], expected, rtol=1e-6)
+
+
+def _request_schema(function, version: str) -> dict:
+    from openapi_spec_validator import validate
+
+    url = f"{function.url}/v1/projects/p/models/m/versions/{version}/openapi.json"
+    document = requests.get(url, timeout=60).json()
+    validate(document)
+    body = document["paths"][_on(version)]["post"]["requestBody"]["content"]["application/json"]
+    return body["schema"]
+
+
+def test_the_openapi_document_names_the_features_and_what_each_takes(named):
+    leaf = _request_schema(named, "leaf")["properties"]["instances"]["items"]["anyOf"]
+    assert leaf[0]["items"] == {"type": "number"}  # LogisticRegression takes no null
+    assert leaf[1]["required"] == FEATURES[:4]
+    assert leaf[1]["additionalProperties"] is False
+    categorical = _request_schema(named, "categorical")["properties"]["instances"]["items"]
+    row, by_name = categorical["anyOf"]
+    assert row["prefixItems"][-1] == {"enum": ["blue", "green", "red", None]}  # trained order
+    assert by_name["properties"]["sepal_length"] == {"type": ["number", "null"]}
+    assert by_name["properties"]["color"] == {"enum": ["blue", "green", "red", None]}
+    pipeline = _request_schema(named, "pipeline")["properties"]["instances"]["items"]["anyOf"]
+    assert pipeline[1]["required"] == FEATURES  # a pipeline checks its own values
+    assert pipeline[1]["properties"]["color"] == {"type": ["number", "string", "boolean", "null"]}
+    booster = _request_schema(named, "booster")["properties"]["instances"]["items"]["anyOf"]
+    assert "probabilities" not in _request_schema(named, "booster")["properties"]
+    assert booster[1]["properties"]["petal_width"] == {"type": ["number", "null"]}
+
+
+@pytest.mark.parametrize("version", ["leaf", "categorical", "booster"])
+def test_schemathesis_finds_nothing_against_a_framework_model_s_document(named, version, tmp_path):
+    document = f"{named.url}/v1/projects/p/models/m/versions/{version}/openapi.json"
+    assert_schemathesis_finds_nothing(document, named.url, tmp_path)
+
+
+BAD_INSTANCES = [
+    [[None, 1, 2, 3]],
+    [["a", 1, 2, 3]],
+    [["1.5", 1, 2, 3]],
+    [[1e39, 1, 2, 3]],
+    [[-1.7e308, 1, 2, 3]],
+    [[10**30, 1, 2, 3]],
+    [[True, 1, 2, 3]],
+    [[-1e39, None, "x", 1]],
+    [[1, 2, 3, {}]],
+    [[1, 2, 3, [4]]],
+    [[1, 2, 3]],
+    [1, 2, 3, 4],
+    [[]],
+    ["abcd"],
+    [{"a": 1}],
+]
+
+
+def test_no_instance_makes_a_framework_model_fail_with_anything_but_a_400(tmp_path):
+    """Each model gets each instance: an answer, or a 400 saying what is wrong; never the
+    model's own error (a 500 to the caller)."""
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from cpr_function.errors import BadRequest
+    from cpr_function.frameworks import estimators
+
+    frame, labels = load_iris(return_X_y=True, as_frame=True)
+    fitted = {
+        "logistic": (LogisticRegression(max_iter=500), frame.values),
+        "logistic-named": (LogisticRegression(max_iter=500), frame),
+        "forest": (RandomForestClassifier(n_estimators=3), frame.values),
+        "histogram-named": (HistGradientBoostingClassifier(max_iter=3), frame),
+        "xgboost": (xgboost.XGBClassifier(n_estimators=2), frame.values),
+        "xgboost-named": (xgboost.XGBClassifier(n_estimators=2), frame),
+    }
+    predictors = {}
+    for name, (model, data) in fitted.items():
+        joblib.dump(model.fit(data, labels), tmp_path / f"{name}.joblib")
+        predictors[name] = estimators.load(tmp_path / f"{name}.joblib").predictor
+    for name, data in (("booster", frame.values), ("booster-named", frame)):
+        params = {"objective": "multi:softprob", "num_class": 3}
+        booster = xgboost.train(params, xgboost.DMatrix(data, label=labels), num_boost_round=2)
+        booster.save_model(str(tmp_path / f"{name}.ubj"))
+        (tmp_path / f"{name}.ubj").rename(tmp_path / f"{name}.bst")
+        predictors[name] = estimators.load(tmp_path / f"{name}.bst").predictor
+    outcomes = {}
+    for name, predictor in predictors.items():
+        for instances in BAD_INSTANCES:
+            try:
+                predictor.predict(instances)
+                outcome = "answered"
+            except BadRequest:
+                outcome = "400"
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                outcome = f"{type(exc).__name__}: {exc}"[:200]
+            outcomes[name, repr(instances)] = outcome
+    failed = {k: v for k, v in outcomes.items() if v not in ("answered", "400")}
+    assert not failed
+    # A few that must be refused, and a few that must be answered, whatever the model.
+    for name in predictors:
+        assert outcomes[name, repr([["a", 1, 2, 3]])] == "400"
+        assert outcomes[name, repr([[1, 2, 3]])] == "400"
+        assert outcomes[name, repr([[True, 1, 2, 3]])] == "answered"
+        assert outcomes[name, repr([[10**30, 1, 2, 3]])] == "answered"
+    assert outcomes["forest", repr([[1e39, 1, 2, 3]])] == "400"
+    assert outcomes["logistic", repr([[1e39, 1, 2, 3]])] == "answered"  # a float64 model
+    assert outcomes["logistic", repr([[None, 1, 2, 3]])] == "400"
+    assert outcomes["histogram-named", repr([[None, 1, 2, 3]])] == "answered"
 
 
 def test_a_null_is_a_missing_value_for_a_model_that_takes_them(tmp_path):
@@ -516,6 +649,40 @@ def test_a_booster_that_keeps_no_category_names_takes_codes_and_says_so(tmp_path
         "feature 'color' takes its categories' codes (numbers); instance 0 holds a string, 'green'"
     )
     assert getattr(refused.value, "status_code", None) == 400
+
+
+def test_categories_that_are_not_ascii_go_by_code_or_the_model_is_refused(tmp_path):
+    """XGBoost stores such names cut at the wrong places and maps them to wrong codes: a
+    Booster takes the codes (which map right), a scikit-learn-API model is not served."""
+    import pandas as pd
+
+    from cpr_function.errors import LoadError
+    from cpr_function.frameworks import estimators
+
+    names = ["rouge-é", "x", "日本"]  # in code point order: the codes 0, 1, 2
+    frame = pd.DataFrame(
+        {"size": [0.5] * 30, "c": pd.Categorical([names[i % 3] for i in range(30)])}
+    )
+    labels = [i % 3 == 2 for i in range(30)]  # "日本" is the class
+    booster = xgboost.train(
+        {"max_depth": 2, "objective": "binary:logistic"},
+        xgboost.DMatrix(frame, label=labels, enable_categorical=True),
+        num_boost_round=3,
+    )
+    booster.save_model(str(tmp_path / "model.ubj"))
+    (tmp_path / "model.ubj").rename(tmp_path / "model.bst")
+    predictor = estimators.load(tmp_path / "model.bst").predictor
+    by_code = predictor.predict([[0.5, 2], [0.5, 1]])
+    assert by_code[0] > 0.5 > by_code[1]
+    with pytest.raises(Exception) as refused:
+        predictor.predict([[0.5, "日本"]])
+    assert str(refused.value) == (
+        "feature 'c' takes its categories' codes (numbers); instance 0 holds a string, '日本'"
+    )
+    classifier = xgboost.XGBClassifier(n_estimators=3, max_depth=2, enable_categorical=True)
+    joblib.dump(classifier.fit(frame, labels), tmp_path / "model.joblib")
+    with pytest.raises(LoadError, match="categories of feature 'c' are not ASCII"):
+        estimators.load(tmp_path / "model.joblib")
 
 
 def test_a_native_library_s_stack_trace_stays_out_of_the_error_message():

@@ -2,7 +2,8 @@
 
 A model fitted on a pandas DataFrame keeps its column names: it is given a DataFrame (or
 an XGBoost DMatrix) with those columns, so pipelines that pick columns by name work, and
-an instance may be an object keyed by feature name as well as a row of values.
+an instance may be an object keyed by feature name as well as a row of values. What each
+feature takes, where the model says, is checked before the model is called (features.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest
+from ..errors import BadRequest, LoadError
 from ..predictor import Routine
+from . import features
+from .features import ANY, CODE, NUMBER, Feature
 
 
 def load(path: Path) -> Routine:
@@ -23,99 +26,28 @@ def load(path: Path) -> Routine:
         # From the bytes: XGBoost finds JSON or UBJSON itself, where from a file it warns
         # that it guesses the format from the name, which AI Platform fixed as model.bst.
         booster.load_model(bytearray(path.read_bytes()))
-        return Routine(_Booster(booster))
+        return _Served(_Booster(booster))
     if path.suffix == ".joblib":
         import joblib
 
-        return Routine(_Estimator(joblib.load(path)))
+        return _Served(_Estimator(joblib.load(path)))
     import pickle
 
     with open(path, "rb") as f:
-        return Routine(_Estimator(pickle.load(f)))
+        return _Served(_Estimator(pickle.load(f)))
 
 
-def _named_rows(instances: list, names: list[str]) -> list[list]:
-    """Each instance as a row of the model's features, in the order it was fitted with.
+class _Served(Routine):
+    """A framework model answering AI Platform's body, with the schema of its instances."""
 
-    An instance is a row of values in that order, or an object keyed by feature name.
-
-    Raises:
-        BadRequest: an instance is neither, lacks a feature or names one the model lacks.
-    """
-    known = set(names)
-    rows = []
-    for n, instance in enumerate(instances):
-        if isinstance(instance, dict):
-            missing = [f for f in names if f not in instance]
-            unknown = [str(k) for k in instance if k not in known]
-            if missing or unknown:
-                raise BadRequest(
-                    f"instance {n} "
-                    + (f"lacks {_listed(missing)}" if missing else "")
-                    + (" and " if missing and unknown else "")
-                    + (f"has {_listed(unknown)}, which the model does not take" if unknown else "")
-                    + f"; the model's features: {_listed(names)}"
-                )
-            row = [instance[f] for f in names]
-        elif isinstance(instance, list) and len(instance) == len(names):
-            row = instance
-        else:
-            raise BadRequest(
-                f"instance {n} must be a row of {len(names)} values or an object keyed by the "
-                f"model's features ({_listed(names)}); received {_received(instance)}"
-            )
-        nested = next((i for i, v in enumerate(row) if isinstance(v, list | dict)), None)
-        if nested is not None:
-            raise BadRequest(
-                f"instance {n} holds {_received(row[nested])} for feature {names[nested]!r}; "
-                "each feature takes one value"
-            )
-        # JSON's null is a missing value, whatever else the call holds (merged requests).
-        rows.append([_NAN if v is None else v for v in row])
-    return rows
-
-
-_NAN = float("nan")
-
-
-def _listed(names: list[str], most: int = 12) -> str:
-    shown = ", ".join(str(n)[:40] for n in names[:most])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
-
-
-def _received(value: Any) -> str:
-    """A JSON value as a message names it."""
-    if isinstance(value, list):
-        return f"a list of {len(value)} value{'s' if len(value) != 1 else ''}"
-    if isinstance(value, dict):
-        return f"an object with keys {_listed(list(value))}"
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    kind = "a string" if isinstance(value, str) else "a number"
-    return f"{kind}, {value!r}"[:120]
+    def schemas(self) -> dict[str, Any] | None:
+        return self.predictor.schemas()
 
 
 def _feature_names(model: Any) -> list[str] | None:
     """The column names a scikit-learn model was fitted with (on a pandas DataFrame)."""
     names = getattr(model, "feature_names_in_", None)
     return None if names is None else [str(n) for n in names]
-
-
-def _array(instances: list, features: int | None):
-    import numpy
-
-    try:
-        array = numpy.asarray(instances)
-    except ValueError as exc:
-        raise BadRequest(
-            f"instances must form a rectangular array, one row of features per instance: {exc}"
-        ) from exc
-    if features is not None and (array.ndim != 2 or array.shape[1] != features):
-        raise BadRequest(
-            f"the model takes rows of {features} features; received instances of shape "
-            f"{list(array.shape)}"
-        )
-    return array
 
 
 class _Estimator:
@@ -140,7 +72,8 @@ class _Estimator:
             # without them it takes an array of the same values in the same order as is,
             # and has nothing to warn about.
             del model.feature_names_in_
-        self._kinds = _column_kinds(model)
+        self._features = _features_of(model)
+        self._float32 = type(model).__module__.startswith(_FLOAT32)
         # Who refuses a null (NaN) in a number column, named in the 400 that says so.
         self._no_missing = None if _takes_missing(model) else type(model).__name__
 
@@ -155,42 +88,53 @@ class _Estimator:
             return self._model.predict_proba(inputs)
         return self._model.predict(inputs)
 
+    def schemas(self) -> dict[str, Any] | None:
+        """The request and response bodies, where the model says what its instances hold."""
+        if self._names is None and self._features is None:
+            return None
+        return features.bodies(
+            self._names,
+            self._features or [ANY] * len(self._names),
+            missing=self._no_missing is None,
+            probabilities=hasattr(self._model, "predict_proba"),
+        )
+
     def _inputs(self, instances: list):
         """What the model was fitted on: a DataFrame with its columns, or an array."""
         import numpy
 
-        names, kinds = self._names, self._kinds
+        names, known = self._names, self._features
         if names is None:
-            array = _array(instances, getattr(self._model, "n_features_in_", None))
-            if kinds is None or array.dtype.kind in "biuf" or array.ndim != 2:
-                return array
-            # Not all numbers: a string (or a null where the model takes none) is the
-            # caller's to fix. Columns are counted from 0; codes stand for categories.
-            rows = [[_NAN if v is None else v for v in row] for row in instances]
-            _check_kinds(
-                rows, [str(i) for i in range(len(kinds))], ["number"] * len(kinds), self._no_missing
-            )
-            return numpy.array(rows, dtype=float)
-        array = _numbers(instances, len(names))  # the common case, without a loop per row
-        if array is not None and "category" not in (kinds or ()):
+            width = getattr(self._model, "n_features_in_", None)
+            if known is None:
+                return features.array(instances, width)
+            return features.number_rows(instances, width, self._no_missing, self._float32)
+        labels = [repr(n) for n in names]
+        array = features.numbers(instances, len(names))  # the common case: no loop per row
+        if array is not None and all(f.kind != "category" for f in known or ()):
+            if self._float32:
+                features.check_float32(array, labels, known)
             if not self._frame:
                 return array
             import pandas
 
             return pandas.DataFrame(array, columns=names, copy=False)
-        rows = _named_rows(instances, names)
-        if kinds is not None:
-            _check_kinds(rows, [repr(n) for n in names], kinds, self._no_missing)
+        rows = features.named_rows(instances, names)
+        if known is not None:
+            features.check(rows, labels, known, self._no_missing)
+            if self._float32:
+                features.check_float32(rows, labels, known)
         if not self._frame:
             # Checked numbers; or, where the model checks its own input (pandas missing),
             # each value as it came (a number stays a number beside a string).
-            return numpy.array(rows, dtype=float if kinds is not None else object)
-        import pandas
+            return numpy.array(rows, dtype=float if known is not None else object)
+        return features.frame(rows, names, known)
 
-        # Rows mixing numbers and strings keep each value's type, column by column.
-        frame = pandas.DataFrame(rows, columns=names)
-        categorical = [n for n, k in zip(names, kinds or [], strict=False) if k == "category"]
-        return frame.astype(dict.fromkeys(categorical, "category")) if categorical else frame
+
+# Where a model's module starts so, it holds its input as float32, where a number past
+# float32's range is infinite and refused with the model's own 500: XGBoost, and
+# scikit-learn's trees and the forests and gradient boosting built of them.
+_FLOAT32 = ("xgboost.", "sklearn.tree.", "sklearn.ensemble._forest", "sklearn.ensemble._gb")
 
 
 def _needs_frame(model: Any) -> bool:
@@ -218,21 +162,9 @@ def _holds_estimator(value: Any) -> bool:
     return hasattr(value, "fit")
 
 
-def _numbers(instances: list, width: int):
-    """The instances as a 2-D array of numbers `width` wide, or None when they are not."""
-    import numpy
-
-    try:
-        array = numpy.asarray(instances)
-    except (ValueError, TypeError):
-        return None
-    fits = array.ndim == 2 and array.shape[1] == width and array.dtype.kind in "biuf"
-    return array if fits else None
-
-
-def _column_kinds(model: Any) -> list[str] | None:
-    """What each of a model's columns takes, where the model says: `number`, `category` (by
-    name) or `code` (a category's number); None where the model checks its own input.
+def _features_of(model: Any) -> list[Feature] | None:
+    """What each of a model's features takes, where the model says; None where it checks
+    its own input (pipelines and the like, other libraries' models).
 
     scikit-learn's own leaf estimators take numbers only; an XGBoost model takes numbers
     and, for its categorical features, their categories.
@@ -240,26 +172,10 @@ def _column_kinds(model: Any) -> list[str] | None:
     module = type(model).__module__
     if module.startswith("sklearn.") and not _needs_frame(model):
         width = getattr(model, "n_features_in_", None)
-        return None if width is None else ["number"] * width
+        return None if width is None else [NUMBER] * width
     if module.startswith("xgboost.") and hasattr(model, "get_booster"):
-        return _xgboost_kinds(model.get_booster())
+        return _xgboost_features(model.get_booster(), by_name_only=True)
     return None
-
-
-def _xgboost_kinds(booster) -> list[str]:
-    types = booster.feature_types or ["float"] * booster.num_features()
-    categories = "category" if "c" in types and _keeps_category_names(booster) else "code"
-    return [categories if t == "c" else "number" for t in types]
-
-
-def _keeps_category_names(booster) -> bool:
-    """Whether a Booster keeps the names of its categories, and so maps a category sent by
-    name to the code it was trained with: XGBoost 3.1 and later, for a model trained on a
-    DataFrame with category columns. Otherwise a category goes by its code only."""
-    try:
-        return not booster.get_categories().empty()
-    except Exception:  # an older XGBoost, without get_categories
-        return False
 
 
 def _takes_missing(model: Any) -> bool:
@@ -274,34 +190,66 @@ def _takes_missing(model: Any) -> bool:
         return True
 
 
-def _check_kinds(
-    rows: list[list], labels: list[str], kinds: list[str], no_missing: str | None
-) -> None:
-    """Refuses a value a column cannot take: a non-number for a number (or a category's
-    code), a non-name for a category by name, and a null (NaN) where `no_missing`, the
-    model's name, takes none.
+def _xgboost_features(booster, *, by_name_only: bool = False) -> list[Feature]:
+    """What each feature of an XGBoost model takes.
 
     Raises:
-        BadRequest: naming the feature, the instance and the value.
+        LoadError: `by_name_only` (a scikit-learn-API model, which takes no codes) and the
+            names of a feature's categories cannot be read back from the model.
     """
-    for n, row in enumerate(rows):
-        for label, kind, value in zip(labels, kinds, row, strict=True):
-            if kind == "category":
-                if not isinstance(value, str) and value == value:  # NaN: missing
-                    raise BadRequest(
-                        f"feature {label} takes one of the model's categories by name; "
-                        f"instance {n} holds {_received(value)}"
-                    )
-            elif not isinstance(value, int | float):
-                what = "numbers" if kind == "number" else "its categories' codes (numbers)"
-                raise BadRequest(
-                    f"feature {label} takes {what}; instance {n} holds {_received(value)}"
-                )
-            elif no_missing is not None and value != value:
-                raise BadRequest(
-                    f"feature {label} has no value (null) in instance {n}, and {no_missing} "
-                    "takes no missing values"
-                )
+    types = booster.feature_types or ["float"] * booster.num_features()
+    if "c" not in types:
+        return [NUMBER] * len(types)
+    categories = _xgboost_categories(booster) or [None] * len(types)
+    unreadable = [n for n, found in enumerate(categories) if found == ()]
+    if unreadable and by_name_only:
+        names = booster.feature_names or [str(n) for n in range(len(types))]
+        raise LoadError(
+            f"the categories of feature {names[unreadable[0]]!r} are not ASCII, and XGBoost "
+            "(3.2 and before) stores such names cut at the wrong places: it maps them to the "
+            "wrong codes, so this model would answer wrongly. Train it on ASCII categories, "
+            "or save its Booster as model.bst, which takes the categories' codes"
+        )
+    return [
+        NUMBER if t != "c" else Feature.category(found) if found else CODE
+        for t, found in zip(types, categories, strict=True)
+    ]
+
+
+def _xgboost_categories(booster) -> list[tuple | None] | None:
+    """Each feature's categories in the order of their codes (`()` where they cannot be
+    read, None for a numeric feature), or None where the model keeps none.
+
+    XGBoost 3.1 and later write them into the model (its JSON's `cats`) when it was trained
+    on a DataFrame with category columns, and map a category given by name to its code.
+    Before, or trained on codes, a model knows its categories by code only.
+    """
+    import json
+
+    try:
+        learner = json.loads(bytes(booster.save_raw(raw_format="json")))["learner"]
+        trees = learner["gradient_booster"]
+        trees = trees.get("gbtree", trees)  # dart keeps its trees one level down
+        encodings = trees["model"]["cats"]["enc"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    found = [_decoded(e) for e in encodings]
+    kept = len(found) == booster.num_features() and any(f is not None for f in found)
+    return found if kept else None
+
+
+def _decoded(encoding: dict) -> tuple | None:
+    """One feature's categories from the model's JSON: strings as UTF-8 bytes cut at their
+    offsets, or numbers as they are."""
+    values, offsets = encoding.get("values") or [], encoding.get("offsets")
+    if not offsets:
+        return tuple(values) or None
+    if any(v < 0 for v in values):
+        # Not ASCII: XGBoost 3.2 cuts such names at offsets counted in characters, not
+        # bytes; neither this nor XGBoost can read them back. Codes still map right.
+        return ()
+    data = bytes(values)
+    return tuple(data[a:b].decode() for a, b in zip(offsets, offsets[1:], strict=False))
 
 
 class _Booster:
@@ -311,28 +259,33 @@ class _Booster:
 
     def __init__(self, booster):
         self._booster = booster
-        self._kinds = _xgboost_kinds(booster)
+        self._features = _xgboost_features(booster)
+
+    def schemas(self) -> dict[str, Any]:
+        names = self._booster.feature_names
+        known = self._features if names is not None else [NUMBER] * len(self._features)
+        return features.bodies(names, known, missing=True, probabilities=False)
 
     def predict(self, instances: list, **kwargs: Any):
         import xgboost
 
         names = self._booster.feature_names
         if names is None:
-            inputs = _array(instances, self._booster.num_features() or None)
+            width = self._booster.num_features() or None
+            inputs = features.number_rows(instances, width, None, float32=True)
             return self._booster.predict(xgboost.DMatrix(inputs))
-        inputs = _numbers(instances, len(names))
+        labels = [repr(n) for n in names]
+        inputs = features.numbers(instances, len(names))
         if inputs is not None:  # categorical features as their codes, as before
+            features.check_float32(inputs, labels, [NUMBER] * len(labels))
             return self._booster.predict(xgboost.DMatrix(inputs, feature_names=names))
-        rows = _named_rows(instances, names)
-        _check_kinds(rows, [repr(n) for n in names], self._kinds, None)
-        categorical = [n for n, k in zip(names, self._kinds, strict=True) if k == "category"]
-        if not categorical:
+        rows = features.named_rows(instances, names)
+        features.check(rows, labels, self._features, None)
+        features.check_float32(rows, labels, self._features)
+        if all(f.kind != "category" for f in self._features):
             import numpy
 
             rows = numpy.array(rows, dtype=float)
             return self._booster.predict(xgboost.DMatrix(rows, feature_names=names))
-        import pandas
-
-        # Categories by name: XGBoost maps them to the codes it was trained with.
-        frame = pandas.DataFrame(rows, columns=names).astype(dict.fromkeys(categorical, "category"))
+        frame = features.frame(rows, names, self._features)
         return self._booster.predict(xgboost.DMatrix(frame, enable_categorical=True))
