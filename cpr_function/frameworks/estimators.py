@@ -73,6 +73,8 @@ class _Estimator:
             # and has nothing to warn about.
             del model.feature_names_in_
         self._features = _features_of(model)
+        # Categories go by name, so an all-numbers call is not simply an array for it.
+        self._categorical = any(f.kind == "category" for f in self._features or ())
         self._float32 = type(model).__module__.startswith(_FLOAT32)
         # Who refuses a null (NaN) in a number column, named in the 400 that says so.
         self._no_missing = None if _takes_missing(model) else type(model).__name__
@@ -111,7 +113,7 @@ class _Estimator:
             return features.number_rows(instances, width, self._no_missing, self._float32)
         labels = [repr(n) for n in names]
         array = features.numbers(instances, len(names))  # the common case: no loop per row
-        if array is not None and all(f.kind != "category" for f in known or ()):
+        if array is not None and not self._categorical:
             if self._float32:
                 features.check_float32(array, labels, known)
             if not self._frame:
@@ -260,6 +262,7 @@ class _Booster:
     def __init__(self, booster):
         self._booster = booster
         self._features = _xgboost_features(booster)
+        self._categorical = any(f.kind == "category" for f in self._features)
 
     def schemas(self) -> dict[str, Any]:
         names = self._booster.feature_names
@@ -282,7 +285,7 @@ class _Booster:
         rows = features.named_rows(instances, names)
         features.check(rows, labels, self._features, None)
         features.check_float32(rows, labels, self._features)
-        if all(f.kind != "category" for f in self._features):
+        if not self._categorical:
             import numpy
 
             rows = numpy.array(rows, dtype=float)
