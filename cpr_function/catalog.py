@@ -195,7 +195,13 @@ def _model(source: str, name, body) -> ModelSpec:
         if not isinstance(vbody, dict):
             raise ConfigError(f"{vwhere} must be a mapping of fields; got {_kind(vbody)}")
         vfields = _canonical(vbody, _VERSION_FIELDS, vwhere)
-        versions.append(version_spec(name, version, vfields, lambda f, w=vwhere: f"{w}, {f}"))
+        # Messages name each field as the file spells it (microbatchWaitMs, deploymentUri).
+        spelled = {_VERSION_FIELDS[key]: key for key in vbody}
+        versions.append(
+            version_spec(
+                name, version, vfields, lambda f, w=vwhere, s=spelled: f"{w}, {s.get(f, f)}"
+            )
+        )
     names = [v.name for v in versions]
     default = fields.get("default_version")
     if isinstance(default, bool):

@@ -181,7 +181,7 @@ def test_unknown_names_are_404_with_what_exists():
         ),
         (
             "models: {m: {versions: {a: {origin: /x, microbatchMaxSize: 2.5}}}}",
-            "model 'm', version 'a', microbatch_max_size must be a whole number of instances",
+            "model 'm', version 'a', microbatchMaxSize must be a whole number of instances",
         ),
         (
             "models: {m: {versions: {a: {origin: /x, microbatch_max_size: true}}}}",
@@ -193,8 +193,13 @@ def test_unknown_names_are_404_with_what_exists():
             "0 to 1000, the longest a merged call waits for more requests to join; got 1001",
         ),
         (
+            "models: {m: {versions: {a: {deploymentUri: /x, predictionClass: MyPredictor}}}}",
+            "model 'm', version 'a', predictionClass must be module.Class, like "
+            "predictor.MyPredictor; got 'MyPredictor'",
+        ),
+        (
             "models: {m: {versions: {a: {origin: /x, microbatchWaitMs: soon}}}}",
-            "model 'm', version 'a', microbatch_wait_ms must be a number of milliseconds",
+            "model 'm', version 'a', microbatchWaitMs must be a number of milliseconds",
         ),
         *(
             (
