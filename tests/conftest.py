@@ -452,10 +452,12 @@ class FaultProxy:
         self.server.server_close()
 
 
-def assert_schemathesis_finds_nothing(document_url: str, base_url: str, workdir: Path) -> None:
+def assert_schemathesis_finds_nothing(
+    document_url: str, base_url: str, workdir: Path, *, also: tuple[str, ...] = ()
+) -> None:
     """A short property-based run of schemathesis: bodies generated from the OpenAPI
     document, every answer checked against it (no 5xx, documented statuses, response
-    schemas and content types)."""
+    schemas and content types, and the checks named in `also`)."""
     run = subprocess.run(
         [
             sys.executable,
@@ -468,8 +470,15 @@ def assert_schemathesis_finds_nothing(document_url: str, base_url: str, workdir:
             "--max-examples",
             "60",
             "--checks",
-            "not_a_server_error,status_code_conformance,response_schema_conformance,"
-            "content_type_conformance",
+            ",".join(
+                (
+                    "not_a_server_error",
+                    "status_code_conformance",
+                    "response_schema_conformance",
+                    "content_type_conformance",
+                    *also,
+                )
+            ),
             "--seed",
             "7",
         ],

@@ -96,6 +96,16 @@ def test_predictions_equal_the_framework_s_own(served, trained, version, body, k
     np.testing.assert_allclose(answer.json()["predictions"], expected[key], rtol=1e-6)
 
 
+@pytest.mark.parametrize("version", ["joblib", "bst", "xgb_sklearn"])
+def test_numbers_sent_as_strings_are_answered_as_the_numbers(served, trained, version):
+    """AI Platform's servers read "5.1" as 5.1; so does this, for a feature taking numbers."""
+    as_numbers = served.predict({"instances": IRIS}, path=_on(version))
+    as_strings = [[str(v) for v in row] for row in IRIS]
+    answer = served.predict({"instances": as_strings}, path=_on(version))
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == as_numbers.json()
+
+
 @pytest.mark.parametrize(
     "version,body,message",
     [
@@ -128,14 +138,14 @@ def test_predictions_equal_the_framework_s_own(served, trained, version, body, k
         ),
         (
             "xgb_sklearn",
-            {"instances": [["5.1", 3.5, 1.4, 0.2]]},
-            "feature 0 takes numbers; instance 0 holds a string, '5.1'",
+            {"instances": [["long", 3.5, 1.4, 0.2]]},
+            "feature 0 takes numbers; instance 0 holds a string, 'long'",
         ),
         (
             "bst",
             {"instances": [IRIS[0], [6.7, 3.0, 5.2, -1e39]]},
-            "feature 3 takes numbers of at most 3.402823e+38 in size (the model holds them as "
-            "float32); instance 1 holds a number, -1e+39",
+            "feature 3 takes numbers of at most 3.4028235e+38 in size (the model holds them "
+            "as float32); instance 1 holds a number, -1e+39",
         ),
     ],
     ids=[
@@ -326,8 +336,8 @@ def test_a_booster_trained_on_a_dataframe_answers_rows_and_named_objects_as_it_w
         ),
         (
             "leaf",
-            {"sepal_length": 5.1, "sepal_width": "3.5", "petal_length": 1.4, "petal_width": 0.2},
-            "feature 'sepal_width' takes numbers; instance 0 holds a string, '3.5'",
+            {"sepal_length": 5.1, "sepal_width": "wide", "petal_length": 1.4, "petal_width": 0.2},
+            "feature 'sepal_width' takes numbers; instance 0 holds a string, 'wide'",
         ),
         (
             "categorical",
@@ -422,13 +432,20 @@ def test_the_openapi_document_names_the_features_and_what_each_takes(named):
     assert pipeline[1]["properties"]["color"] == {"type": ["number", "string", "boolean", "null"]}
     booster = _request_schema(named, "booster")["properties"]["instances"]["items"]["anyOf"]
     assert "probabilities" not in _request_schema(named, "booster")["properties"]
-    assert booster[1]["properties"]["petal_width"] == {"type": ["number", "null"]}
+    assert booster[1]["properties"]["petal_width"] == {
+        "type": ["number", "null"],
+        "minimum": -3.4028234663852886e38,  # a Booster holds its input as float32
+        "maximum": 3.4028234663852886e38,
+    }
 
 
 @pytest.mark.parametrize("version", ["leaf", "categorical", "booster"])
 def test_schemathesis_finds_nothing_against_a_framework_model_s_document(named, version, tmp_path):
     document = f"{named.url}/v1/projects/p/models/m/versions/{version}/openapi.json"
-    assert_schemathesis_finds_nothing(document, named.url, tmp_path)
+    # Every body the document allows is answered (200), none refused.
+    assert_schemathesis_finds_nothing(
+        document, named.url, tmp_path, also=("positive_data_acceptance",)
+    )
 
 
 BAD_INSTANCES = [
@@ -454,7 +471,14 @@ def test_no_instance_makes_a_framework_model_fail_with_anything_but_a_400(tmp_pa
     """Each model gets each instance: an answer, or a 400 saying what is wrong; never the
     model's own error (a 500 to the caller)."""
     from sklearn.datasets import load_iris
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import (
+        AdaBoostClassifier,
+        BaggingClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
     from sklearn.linear_model import LogisticRegression
 
     from cpr_function.errors import BadRequest
@@ -465,6 +489,8 @@ def test_no_instance_makes_a_framework_model_fail_with_anything_but_a_400(tmp_pa
         "logistic": (LogisticRegression(max_iter=500), frame.values),
         "logistic-named": (LogisticRegression(max_iter=500), frame),
         "forest": (RandomForestClassifier(n_estimators=3), frame.values),
+        "adaboost": (AdaBoostClassifier(n_estimators=3), frame.values),
+        "bagging": (BaggingClassifier(n_estimators=3), frame.values),
         "histogram-named": (HistGradientBoostingClassifier(max_iter=3), frame),
         "xgboost": (xgboost.XGBClassifier(n_estimators=2), frame.values),
         "xgboost-named": (xgboost.XGBClassifier(n_estimators=2), frame),
@@ -494,14 +520,22 @@ def test_no_instance_makes_a_framework_model_fail_with_anything_but_a_400(tmp_pa
     assert not failed
     # A few that must be refused, and a few that must be answered, whatever the model.
     for name in predictors:
+        assert outcomes[name, repr([["1.5", 1, 2, 3]])] == "answered"
         assert outcomes[name, repr([["a", 1, 2, 3]])] == "400"
         assert outcomes[name, repr([[1, 2, 3]])] == "400"
         assert outcomes[name, repr([[True, 1, 2, 3]])] == "answered"
         assert outcomes[name, repr([[10**30, 1, 2, 3]])] == "answered"
-    assert outcomes["forest", repr([[1e39, 1, 2, 3]])] == "400"
+    for name in ("forest", "adaboost", "bagging", "booster", "booster-named"):
+        assert outcomes[name, repr([[1e39, 1, 2, 3]])] == "400"
+    assert outcomes["xgboost", repr([[1e39, 1, 2, 3]])] == "answered"  # it answers these
     assert outcomes["logistic", repr([[1e39, 1, 2, 3]])] == "answered"  # a float64 model
     assert outcomes["logistic", repr([[None, 1, 2, 3]])] == "400"
     assert outcomes["histogram-named", repr([[None, 1, 2, 3]])] == "answered"
+    # Holding an estimator, it checks its own input, and is given its DataFrame as it was.
+    held = GradientBoostingClassifier(n_estimators=3, init=DummyClassifier()).fit(frame, labels)
+    joblib.dump(held, tmp_path / "held.joblib")
+    answer = estimators.load(tmp_path / "held.joblib").predictor.predict([[5.1, 3.5, 1.4, 0.2]])
+    assert answer.tolist() == held.predict(frame.iloc[:1]).tolist()
 
 
 def test_a_null_is_a_missing_value_for_a_model_that_takes_them(tmp_path):
@@ -599,10 +633,17 @@ def test_a_wrapped_pipeline_that_picks_columns_by_name_gets_its_columns(tmp_path
     np.testing.assert_allclose(predictor.predict(IRIS), expected, rtol=1e-12)
 
 
+def _served_booster(booster, folder):
+    """The Booster saved as AI Platform named it (model.bst, here UBJSON) and loaded back."""
+    from cpr_function.frameworks import estimators
+
+    booster.save_model(str(folder / "model.ubj"))
+    (folder / "model.ubj").rename(folder / "model.bst")
+    return estimators.load(folder / "model.bst").predictor
+
+
 def test_a_booster_with_a_categorical_feature_takes_its_categories_by_value(tmp_path):
     import pandas as pd
-
-    from cpr_function.frameworks import estimators
 
     frame = pd.DataFrame(
         {"size": [0.1, 0.9, 0.4, 0.7, 0.3, 0.6], "color": ["red", "blue", "green"] * 2}
@@ -612,22 +653,83 @@ def test_a_booster_with_a_categorical_feature_takes_its_categories_by_value(tmp_
         xgboost.DMatrix(frame, label=[0, 1, 1, 0, 0, 1], enable_categorical=True),
         num_boost_round=3,
     )
-    booster.save_model(str(tmp_path / "model.ubj"))
-    (tmp_path / "model.ubj").rename(tmp_path / "model.bst")
-    predictor = estimators.load(tmp_path / "model.bst").predictor
+    predictor = _served_booster(booster, tmp_path)
     expected = booster.predict(xgboost.DMatrix(frame.iloc[[2, 1]], enable_categorical=True))
     by_value = [[0.4, "green"], {"color": "blue", "size": 0.9}]
     by_code = [[0.4, 1], [0.9, 0]]  # the codes, in the categories' sorted order
     np.testing.assert_allclose(predictor.predict(by_value), expected, rtol=1e-6)
     np.testing.assert_allclose(predictor.predict(by_code), expected, rtol=1e-6)
+    # A code means the same beside a null or a name elsewhere in the call (merged requests).
+    mixed = predictor.predict([[0.4, 1], [None, "red"], [0.9, "blue"]])
+    np.testing.assert_allclose(mixed[[0, 2]], expected, rtol=1e-6)
     with pytest.raises(Exception) as refused:
         predictor.predict([["big", "green"]])
     assert str(refused.value) == "feature 'size' takes numbers; instance 0 holds a string, 'big'"
     assert getattr(refused.value, "status_code", None) == 400
+    for unknown, shown in (
+        ("purple", "a string, 'purple'"),
+        (3, "a number, 3"),
+        (1.5, "a number, 1.5"),
+    ):
+        with pytest.raises(Exception) as refused:
+            predictor.predict([[0.4, "green"], [0.4, unknown]])
+        assert str(refused.value) == (
+            "feature 'color' takes one of the model's categories (blue, green, red) or their "
+            f"codes, 0 to 2; instance 1 holds {shown}"
+        )
+
+
+def test_a_booster_with_number_categories_takes_them_by_value_never_as_codes(tmp_path):
+    import pandas as pd
+
+    grades = [10, 20, 30] * 10
+    frame = pd.DataFrame({"size": [0.5] * 30, "grade": pd.Categorical(grades)})
+    labels = [g == 20 for g in grades]
+    booster = xgboost.train(
+        {"max_depth": 2, "objective": "binary:logistic"},
+        xgboost.DMatrix(frame, label=labels, enable_categorical=True),
+        num_boost_round=3,
+    )
+    predictor = _served_booster(booster, tmp_path)
+    expected = booster.predict(xgboost.DMatrix(frame.iloc[[1, 0]], enable_categorical=True))
+    assert expected[0] > 0.5 > expected[1]  # 20, then 10
+    np.testing.assert_allclose(predictor.predict([[0.5, 20], [0.5, 10]]), expected, rtol=1e-6)
+    alone = predictor.predict([[0.5, 20]])  # all numbers: still the category 20, not code 20
+    np.testing.assert_allclose(alone, expected[:1], rtol=1e-6)
+    with pytest.raises(Exception) as refused:
+        predictor.predict([[0.5, 1]])
+    assert str(refused.value) == (
+        "feature 'grade' takes one of the model's categories (10, 20, 30); instance 0 holds a "
+        "number, 1"
+    )
+
+
+def test_a_booster_with_names_of_one_feature_unreadable_takes_the_others_by_name(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "size": [0.5] * 30,
+            "color": pd.Categorical(["blue", "red"] * 15),
+            "word": pd.Categorical(["é1", "é2", "日本"] * 10),
+        }
+    )
+    labels = [i % 2 == 1 for i in range(30)]  # "red"
+    booster = xgboost.train(
+        {"max_depth": 2, "objective": "binary:logistic"},
+        xgboost.DMatrix(frame, label=labels, enable_categorical=True),
+        num_boost_round=3,
+    )
+    predictor = _served_booster(booster, tmp_path)
+    by_code = predictor.predict([[0.5, 1, 2], [0.5, 0, 2]])
+    assert by_code[0] > 0.5 > by_code[1]
+    by_name = predictor.predict([[0.5, "red", 2], {"size": 0.5, "color": "blue", "word": 2}])
+    np.testing.assert_allclose(by_name, by_code, rtol=1e-6)
+    with_null = predictor.predict([[0.5, "red", 2], [0.5, None, None]])
+    np.testing.assert_allclose(with_null[:1], by_code[:1], rtol=1e-6)
 
 
 def test_a_booster_that_keeps_no_category_names_takes_codes_and_says_so(tmp_path):
-    from cpr_function.frameworks import estimators
 
     codes = np.asarray([[0.1, 0], [0.9, 1], [0.4, 2], [0.7, 0], [0.3, 1], [0.6, 2]])
     trained = xgboost.DMatrix(
@@ -638,9 +740,7 @@ def test_a_booster_that_keeps_no_category_names_takes_codes_and_says_so(tmp_path
         enable_categorical=True,
     )
     booster = xgboost.train({"max_depth": 2}, trained, num_boost_round=3)
-    booster.save_model(str(tmp_path / "model.ubj"))
-    (tmp_path / "model.ubj").rename(tmp_path / "model.bst")
-    predictor = estimators.load(tmp_path / "model.bst").predictor
+    predictor = _served_booster(booster, tmp_path)
     expected = booster.predict(xgboost.DMatrix(codes[[2, 1]], feature_names=["size", "color"]))
     np.testing.assert_allclose(predictor.predict([[0.4, 2], [0.9, 1]]), expected, rtol=1e-6)
     with pytest.raises(Exception) as refused:
@@ -669,9 +769,7 @@ def test_categories_that_are_not_ascii_go_by_code_or_the_model_is_refused(tmp_pa
         xgboost.DMatrix(frame, label=labels, enable_categorical=True),
         num_boost_round=3,
     )
-    booster.save_model(str(tmp_path / "model.ubj"))
-    (tmp_path / "model.ubj").rename(tmp_path / "model.bst")
-    predictor = estimators.load(tmp_path / "model.bst").predictor
+    predictor = _served_booster(booster, tmp_path)
     by_code = predictor.predict([[0.5, 2], [0.5, 1]])
     assert by_code[0] > 0.5 > by_code[1]
     with pytest.raises(Exception) as refused:

@@ -59,8 +59,9 @@ class _Estimator:
     def __init__(self, model):
         self._model = model
         self._names = _feature_names(model)
+        needs_frame = _needs_frame(model)
         self._frame = False  # without pandas, every model is given an array
-        if self._names is not None and _needs_frame(model):
+        if self._names is not None and needs_frame:
             try:
                 import pandas  # noqa: F401 - each call needs it; found once, here
             except ImportError:
@@ -72,10 +73,11 @@ class _Estimator:
             # without them it takes an array of the same values in the same order as is,
             # and has nothing to warn about.
             del model.feature_names_in_
-        self._features = _features_of(model)
-        # Categories go by name, so an all-numbers call is not simply an array for it.
+        self._features = _features_of(model, needs_frame)
+        self._labels = [repr(n) for n in self._names] if self._names is not None else None
+        # Categories go by name, so an all-numbers call is not simply an array for them.
         self._categorical = any(f.kind == "category" for f in self._features or ())
-        self._float32 = type(model).__module__.startswith(_FLOAT32)
+        self._float32 = self._features is not None and _holds_float32(model)
         # Who refuses a null (NaN) in a number column, named in the 400 that says so.
         self._no_missing = None if _takes_missing(model) else type(model).__name__
 
@@ -99,6 +101,7 @@ class _Estimator:
             self._features or [ANY] * len(self._names),
             missing=self._no_missing is None,
             probabilities=hasattr(self._model, "predict_proba"),
+            float32=self._float32,
         )
 
     def _inputs(self, instances: list):
@@ -111,32 +114,28 @@ class _Estimator:
             if known is None:
                 return features.array(instances, width)
             return features.number_rows(instances, width, self._no_missing, self._float32)
-        labels = [repr(n) for n in names]
-        array = features.numbers(instances, len(names))  # the common case: no loop per row
-        if array is not None and not self._categorical:
-            if self._float32:
-                features.check_float32(array, labels, known)
-            if not self._frame:
-                return array
-            import pandas
+        array = None if self._categorical else features.numbers(instances, len(names))
+        if array is None:  # not all numbers: a row at a time
+            rows = features.named_rows(instances, names)
+            if known is None:
+                # The model checks its own input: each value as it came (a number stays a
+                # number beside a string), in a DataFrame with pandas, else an array.
+                if not self._frame:
+                    return numpy.array(rows, dtype=object)
+                import pandas
 
-            return pandas.DataFrame(array, columns=names, copy=False)
-        rows = features.named_rows(instances, names)
-        if known is not None:
-            features.check(rows, labels, known, self._no_missing)
-            if self._float32:
-                features.check_float32(rows, labels, known)
+                return pandas.DataFrame(rows, columns=names)
+            rows = features.conform(rows, self._labels, known, self._no_missing)
+            array = numpy.array(rows, dtype=float)
+        if self._float32:
+            features.check_float32(array, self._labels)
         if not self._frame:
-            # Checked numbers; or, where the model checks its own input (pandas missing),
-            # each value as it came (a number stays a number beside a string).
-            return numpy.array(rows, dtype=float if known is not None else object)
-        return features.frame(rows, names, known)
+            return array
+        if known is not None:
+            return features.frame(array, names, known)
+        import pandas
 
-
-# Where a model's module starts so, it holds its input as float32, where a number past
-# float32's range is infinite and refused with the model's own 500: XGBoost, and
-# scikit-learn's trees and the forests and gradient boosting built of them.
-_FLOAT32 = ("xgboost.", "sklearn.tree.", "sklearn.ensemble._forest", "sklearn.ensemble._gb")
+        return pandas.DataFrame(array, columns=names, copy=False)
 
 
 def _needs_frame(model: Any) -> bool:
@@ -164,7 +163,7 @@ def _holds_estimator(value: Any) -> bool:
     return hasattr(value, "fit")
 
 
-def _features_of(model: Any) -> list[Feature] | None:
+def _features_of(model: Any, needs_frame: bool) -> list[Feature] | None:
     """What each of a model's features takes, where the model says; None where it checks
     its own input (pipelines and the like, other libraries' models).
 
@@ -172,12 +171,29 @@ def _features_of(model: Any) -> list[Feature] | None:
     and, for its categorical features, their categories.
     """
     module = type(model).__module__
-    if module.startswith("sklearn.") and not _needs_frame(model):
+    if module.startswith("sklearn.") and not needs_frame:
         width = getattr(model, "n_features_in_", None)
         return None if width is None else [NUMBER] * width
     if module.startswith("xgboost.") and hasattr(model, "get_booster"):
-        return _xgboost_features(model.get_booster(), by_name_only=True)
+        return _xgboost_features(model.get_booster(), booster_api=False)
     return None
+
+
+def _holds_float32(model: Any) -> bool:
+    """Whether a scikit-learn model holds its input as float32, and so fails on a number
+    past float32's range: a tree, or an ensemble of them (forests, gradient boosting,
+    AdaBoost and bagging of trees). XGBoost's scikit-learn models answer such numbers."""
+    if type(model).__module__.startswith("sklearn.tree."):
+        return True
+    inner = getattr(model, "estimators_", None)
+    if inner is None:
+        inner = getattr(model, "estimator_", None)
+    if inner is None:
+        return False
+    import numpy
+
+    first = numpy.ravel(numpy.asarray(inner, dtype=object))[:1]
+    return len(first) == 1 and type(first[0]).__module__.startswith("sklearn.tree.")
 
 
 def _takes_missing(model: Any) -> bool:
@@ -192,19 +208,20 @@ def _takes_missing(model: Any) -> bool:
         return True
 
 
-def _xgboost_features(booster, *, by_name_only: bool = False) -> list[Feature]:
-    """What each feature of an XGBoost model takes.
+def _xgboost_features(booster, *, booster_api: bool) -> list[Feature]:
+    """What each feature of an XGBoost model takes. A Booster (`booster_api`) also takes a
+    string category's code, as it always did; a scikit-learn-API model takes names only.
 
     Raises:
-        LoadError: `by_name_only` (a scikit-learn-API model, which takes no codes) and the
-            names of a feature's categories cannot be read back from the model.
+        LoadError: a scikit-learn-API model, which takes no codes, whose categories' names
+            cannot be read back from the model.
     """
     types = booster.feature_types or ["float"] * booster.num_features()
     if "c" not in types:
         return [NUMBER] * len(types)
     categories = _xgboost_categories(booster) or [None] * len(types)
     unreadable = [n for n, found in enumerate(categories) if found == ()]
-    if unreadable and by_name_only:
+    if unreadable and not booster_api:
         names = booster.feature_names or [str(n) for n in range(len(types))]
         raise LoadError(
             f"the categories of feature {names[unreadable[0]]!r} are not ASCII, and XGBoost "
@@ -213,7 +230,11 @@ def _xgboost_features(booster, *, by_name_only: bool = False) -> list[Feature]:
             "or save its Booster as model.bst, which takes the categories' codes"
         )
     return [
-        NUMBER if t != "c" else Feature.category(found) if found else CODE
+        NUMBER
+        if t != "c"
+        else Feature.category(found, by_code=booster_api and isinstance(found[0], str))
+        if found
+        else CODE
         for t, found in zip(types, categories, strict=True)
     ]
 
@@ -255,21 +276,28 @@ def _decoded(encoding: dict) -> tuple | None:
 
 
 class _Booster:
-    """An XGBoost Booster saved as `model.bst`."""
+    """An XGBoost Booster saved as `model.bst`.
+
+    It is given a DMatrix of numbers, each category as its code: by name or by code, a
+    category reaches it as the code it was trained with.
+    """
 
     batchable = True
 
     def __init__(self, booster):
         self._booster = booster
-        self._features = _xgboost_features(booster)
+        self._features = _xgboost_features(booster, booster_api=True)
+        names = booster.feature_names
+        self._labels = [repr(n) for n in names] if names is not None else None
         self._categorical = any(f.kind == "category" for f in self._features)
 
     def schemas(self) -> dict[str, Any]:
         names = self._booster.feature_names
         known = self._features if names is not None else [NUMBER] * len(self._features)
-        return features.bodies(names, known, missing=True, probabilities=False)
+        return features.bodies(names, known, missing=True, probabilities=False, float32=True)
 
     def predict(self, instances: list, **kwargs: Any):
+        import numpy
         import xgboost
 
         names = self._booster.feature_names
@@ -277,18 +305,11 @@ class _Booster:
             width = self._booster.num_features() or None
             inputs = features.number_rows(instances, width, None, float32=True)
             return self._booster.predict(xgboost.DMatrix(inputs))
-        labels = [repr(n) for n in names]
-        inputs = features.numbers(instances, len(names))
-        if inputs is not None:  # categorical features as their codes, as before
-            features.check_float32(inputs, labels, [NUMBER] * len(labels))
-            return self._booster.predict(xgboost.DMatrix(inputs, feature_names=names))
-        rows = features.named_rows(instances, names)
-        features.check(rows, labels, self._features, None)
-        features.check_float32(rows, labels, self._features)
-        if not self._categorical:
-            import numpy
-
-            rows = numpy.array(rows, dtype=float)
-            return self._booster.predict(xgboost.DMatrix(rows, feature_names=names))
-        frame = features.frame(rows, names, self._features)
-        return self._booster.predict(xgboost.DMatrix(frame, enable_categorical=True))
+        # All numbers and no categories by name: the array as it came (the common case).
+        array = None if self._categorical else features.numbers(instances, len(names))
+        if array is None:
+            rows = features.named_rows(instances, names)
+            rows = features.conform(rows, self._labels, self._features, None)
+            array = numpy.array(rows, dtype=float)
+        features.check_float32(array, self._labels)
+        return self._booster.predict(xgboost.DMatrix(array, feature_names=names))

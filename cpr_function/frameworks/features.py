@@ -7,28 +7,39 @@ features' names (fitted on a pandas DataFrame), an object keyed by feature name.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+import math
+from typing import Any
 
 from ..errors import BadRequest
 
 NAN = float("nan")
 
+# float32's largest value, and the least number that rounds past it to infinity: a model
+# holding its input as float32 (a Booster's DMatrix, scikit-learn's trees) fails on one.
+FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_INFINITE = 3.4028235677973366e38
 
-class Feature(NamedTuple):
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
     """What one feature of a model takes.
 
     `kind` is `number`; `code` (a category's number, where the model keeps no names for
-    its categories or they cannot be read); `category` (one of `categories`, in the order
-    of their codes); or None where the model checks its own input.
+    its categories or they cannot be read); `category` (one of `categories`, given by
+    name, or by its code too where `by_code`); or None where the model checks its own
+    input.
     """
 
     kind: str | None
     categories: tuple = ()
-    known: frozenset = frozenset()
+    by_code: bool = False
+    codes: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def category(cls, categories: tuple) -> Feature:
-        return cls("category", categories, frozenset(categories))
+    def category(cls, categories: tuple, *, by_code: bool = False) -> Feature:
+        """One of `categories`, whose codes are their places in it."""
+        return cls("category", categories, by_code, {c: i for i, c in enumerate(categories)})
 
 
 NUMBER = Feature("number")
@@ -90,6 +101,8 @@ def received(value: Any) -> str:
         return f"an object with keys {listed(list(value))}"
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, bytes):
+        return f"a b64 value of {len(value)} bytes"
     kind = "a string" if isinstance(value, str) else "a number"
     return f"{kind}, {value!r}"[:120]
 
@@ -129,8 +142,8 @@ def numbers(instances: list, width: int):
 
 
 def number_rows(instances: list, width: int | None, no_missing: str | None, float32: bool):
-    """Rows of numbers without names as one array, each value checked where any is not a
-    number (a string, a null where `no_missing` takes none); features counted from 0.
+    """Rows of numbers without names as one array, each value conformed where any is not a
+    number (a string, a null); features are counted from 0 in messages.
 
     Raises:
         BadRequest: the rows are ragged or of another width, or a value is refused.
@@ -141,101 +154,115 @@ def number_rows(instances: list, width: int | None, no_missing: str | None, floa
     if found.ndim != 2:
         return found  # the model's own check: it said no width
     labels = [str(i) for i in range(found.shape[1])]
-    numeric = [NUMBER] * found.shape[1]
     if found.dtype.kind not in "biuf":
-        rows = [[NAN if v is None else v for v in row] for row in instances]
-        check(rows, labels, numeric, no_missing)
-        found = numpy.array(rows, dtype=float)
+        numeric = [NUMBER] * found.shape[1]
+        found = numpy.array(conform(list(instances), labels, numeric, no_missing), dtype=float)
     if float32:
-        check_float32(found, labels, numeric)
+        check_float32(found, labels)
     return found
 
 
-def check(rows: list[list], labels: list[str], features: list[Feature], no_missing: str | None):
-    """Refuses a value its feature cannot take: a non-number for a number or a code, an
-    unknown category, and a null (NaN) for a number where `no_missing`, the model's name,
-    takes none.
+def conform(rows: list[list], labels: list[str], features: list[Feature], no_missing: str | None):
+    """The rows as the model takes them: numbers (a string that reads as one too), NaN for
+    JSON's null, and each category as its code.
+
+    Args:
+        labels: each feature as messages name it.
+        no_missing: the model's name where it takes no missing values, else None.
 
     Raises:
-        BadRequest: naming the feature, the instance and the value.
+        BadRequest: a value its feature cannot take, naming the feature and the instance.
     """
-    for n, row in enumerate(rows):
-        for label, feature, value in zip(labels, features, row, strict=True):
-            kind = feature.kind
-            if kind is None:
-                continue
-            if value != value:  # NaN: JSON's null, a missing value
-                if kind != "category" and no_missing is not None:
-                    raise BadRequest(
-                        f"feature {label} has no value (null) in instance {n}, and "
-                        f"{no_missing} takes no missing values"
-                    )
-                continue
-            if kind == "category":
-                if value not in feature.known:
-                    raise BadRequest(
-                        f"feature {label} takes one of the model's categories "
-                        f"({listed(feature.categories)}); instance {n} holds {received(value)}"
-                    )
-            elif not isinstance(value, int | float):
-                what = "numbers" if kind == "number" else "its categories' codes (numbers)"
-                raise BadRequest(
-                    f"feature {label} takes {what}; instance {n} holds {received(value)}"
-                )
+    return [
+        [
+            _conformed(value, feature, label, n, no_missing)
+            for label, feature, value in zip(labels, features, row, strict=True)
+        ]
+        for n, row in enumerate(rows)
+    ]
 
 
-# The largest float32: a model holding its input as float32 (XGBoost, scikit-learn's trees)
-# makes a number past it infinite, and refuses that with an error of its own.
-FLOAT32_MAX = 3.4028234663852886e38
+def _conformed(value: Any, feature: Feature, label: str, n: int, no_missing: str | None):
+    kind = feature.kind
+    if kind is None:
+        return value
+    if value is None or (isinstance(value, float) and value != value):
+        if kind == "number" and no_missing is not None:
+            raise BadRequest(
+                f"feature {label} has no value (null) in instance {n}, and {no_missing} "
+                "takes no missing values"
+            )
+        return NAN
+    if kind == "category":
+        code = feature.codes.get(value) if isinstance(value, str | int | float) else None
+        if code is not None:
+            return code
+        if feature.by_code and _is_code(value, len(feature.categories)):
+            return value
+        codes = f" or their codes, 0 to {len(feature.categories) - 1}" if feature.by_code else ""
+        raise BadRequest(
+            f"feature {label} takes one of the model's categories ({listed(feature.categories)})"
+            f"{codes}; instance {n} holds {received(value)}"
+        )
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):  # AI Platform's servers read "5.1" as 5.1
+        try:
+            number = float(value)
+        except ValueError:
+            number = NAN
+        if math.isfinite(number):
+            return number
+    what = "numbers" if kind == "number" else "its categories' codes (numbers)"
+    raise BadRequest(f"feature {label} takes {what}; instance {n} holds {received(value)}")
 
 
-def check_float32(values, labels: list[str], features: list[Feature]) -> None:
-    """Refuses a number past float32's range in the rows (a list, or an array of numbers).
+def _is_code(value: Any, count: int) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value in range(count)
+
+
+def check_float32(values, labels: list[str]) -> None:
+    """Refuses a number that float32 cannot hold, in an array of numbers.
 
     Raises:
         BadRequest: naming the feature, the instance and the value.
     """
     import numpy
 
-    numeric = [i for i, f in enumerate(features) if f.kind in ("number", "code")]
-    if isinstance(values, list):
-        values = numpy.array([[row[i] for i in numeric] for row in values], dtype=float)
-        labels = [labels[i] for i in numeric]
-    with numpy.errstate(invalid="ignore"):
-        past = numpy.abs(values) > FLOAT32_MAX
+    past = numpy.abs(values) >= _FLOAT32_INFINITE  # NaN compares false: a missing value
     if past.any():
         n, i = (int(x) for x in numpy.argwhere(past)[0])
         raise BadRequest(
-            f"feature {labels[i]} takes numbers of at most {FLOAT32_MAX:.7g} in size (the "
+            f"feature {labels[i]} takes numbers of at most {FLOAT32_MAX:.8g} in size (the "
             f"model holds them as float32); instance {n} holds {received(float(values[n, i]))}"
         )
 
 
-def frame(rows: list[list], names: list[str], features: list[Feature] | None):
-    """Rows as a DataFrame of the model's columns: checked ones as the model takes them."""
+def frame(values, names: list[str], features: list[Feature]):
+    """Conformed rows (an array of numbers and codes) as a DataFrame of the model's columns,
+    each category column with the model's categories in the order of their codes."""
+    import numpy
     import pandas
 
-    # Rows mixing numbers and strings keep each value's type, column by column.
-    found = pandas.DataFrame(rows, columns=names)
-    if features is None:
-        return found
-    # Numbers as floats (an integer past 64 bits leaves a column of objects, which XGBoost
-    # refuses); categories as pandas categories in the model's own order of codes, so each
-    # has its trained code whichever of them a call holds.
-    types = {
-        name: pandas.CategoricalDtype(feature.categories)
-        if feature.kind == "category"
-        else "float64"
-        for name, feature in zip(names, features, strict=True)
-    }
-    return found.astype(types)
+    found = pandas.DataFrame(values, columns=names, copy=False)
+    for name, feature in zip(names, features, strict=True):
+        if feature.kind == "category":
+            column = found[name].to_numpy()
+            codes = numpy.where(numpy.isnan(column), -1, column).astype(numpy.int64)
+            found[name] = pandas.Categorical.from_codes(codes, categories=feature.categories)
+    return found
 
 
 def bodies(
-    names: list[str] | None, features: list[Feature], *, missing: bool, probabilities: bool
+    names: list[str] | None,
+    features: list[Feature],
+    *,
+    missing: bool,
+    probabilities: bool,
+    float32: bool = False,
 ) -> dict[str, Any]:
     """JSON Schemas of the request and response: rows (and objects, with names) of features."""
-    values = [_value_schema(feature, missing) for feature in features]
+    values = [_value_schema(feature, missing, float32) for feature in features]
     row: dict[str, Any] = {"type": "array", "minItems": len(values), "maxItems": len(values)}
     if len({str(v) for v in values}) == 1:
         row["items"] = values[0]
@@ -268,10 +295,18 @@ def bodies(
     return {"request": request, "response": response}
 
 
-def _value_schema(feature: Feature, missing: bool) -> dict[str, Any]:
+def _value_schema(feature: Feature, missing: bool, float32: bool) -> dict[str, Any]:
     """What one feature takes: JSON's null for a missing value where the model takes one."""
     if feature.kind == "category":
         return {"enum": [*feature.categories, None]}
     if feature.kind is None:  # the model checks its own input
         return {"type": ["number", "string", "boolean", "null"]}
-    return {"type": ["number", "null"] if missing else "number"}
+    if feature.kind == "code":
+        schema: dict[str, Any] = {"type": "integer", "minimum": 0}
+    else:
+        schema = {"type": "number"}
+        if float32:
+            schema.update(minimum=-FLOAT32_MAX, maximum=FLOAT32_MAX)
+    if missing:
+        schema["type"] = [schema["type"], "null"]
+    return schema
