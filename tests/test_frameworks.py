@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -144,8 +145,8 @@ def test_numbers_sent_as_strings_are_answered_as_the_numbers(served, trained, ve
         (
             "bst",
             {"instances": [IRIS[0], [6.7, 3.0, 5.2, -1e39]]},
-            "feature 3 takes numbers of at most 3.4028235e+38 in size (the model holds them "
-            "as float32); instance 1 holds a number, -1e+39",
+            "feature 3 takes numbers of at most 3.4028234663852886e+38 in size (the model holds "
+            "them as float32); instance 1 holds a number, -1e+39",
         ),
     ],
     ids=[
@@ -342,14 +343,14 @@ def test_a_booster_trained_on_a_dataframe_answers_rows_and_named_objects_as_it_w
         (
             "categorical",
             [5.1, 3.5, 1.4, 0.2, 0],
-            "feature 'color' takes one of the model's categories (blue, green, red); instance 0 "
-            "holds a number, 0",
+            "feature 'color' takes one of the model's categories ('blue', 'green', 'red'); "
+            "instance 0 holds a number, 0",
         ),
         (
             "categorical",
             [5.1, 3.5, 1.4, 0.2, "purple"],
-            "feature 'color' takes one of the model's categories (blue, green, red); instance 0 "
-            "holds a string, 'purple'",
+            "feature 'color' takes one of the model's categories ('blue', 'green', 'red'); "
+            "instance 0 holds a string, 'purple'",
         ),
         (
             "categorical",
@@ -477,6 +478,7 @@ def test_no_instance_makes_a_framework_model_fail_with_anything_but_a_400(tmp_pa
         BaggingClassifier,
         GradientBoostingClassifier,
         HistGradientBoostingClassifier,
+        IsolationForest,
         RandomForestClassifier,
     )
     from sklearn.linear_model import LogisticRegression
@@ -491,6 +493,7 @@ def test_no_instance_makes_a_framework_model_fail_with_anything_but_a_400(tmp_pa
         "forest": (RandomForestClassifier(n_estimators=3), frame.values),
         "adaboost": (AdaBoostClassifier(n_estimators=3), frame.values),
         "bagging": (BaggingClassifier(n_estimators=3), frame.values),
+        "isolation": (IsolationForest(n_estimators=3), frame.values),
         "histogram-named": (HistGradientBoostingClassifier(max_iter=3), frame),
         "xgboost": (xgboost.XGBClassifier(n_estimators=2), frame.values),
         "xgboost-named": (xgboost.XGBClassifier(n_estimators=2), frame),
@@ -509,7 +512,9 @@ def test_no_instance_makes_a_framework_model_fail_with_anything_but_a_400(tmp_pa
     for name, predictor in predictors.items():
         for instances in BAD_INSTANCES:
             try:
-                predictor.predict(instances)
+                with warnings.catch_warnings():  # the isolation forest's, casting 1e39
+                    warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+                    predictor.predict(instances)
                 outcome = "answered"
             except BadRequest:
                 outcome = "400"
@@ -527,7 +532,8 @@ def test_no_instance_makes_a_framework_model_fail_with_anything_but_a_400(tmp_pa
         assert outcomes[name, repr([[10**30, 1, 2, 3]])] == "answered"
     for name in ("forest", "adaboost", "bagging", "booster", "booster-named"):
         assert outcomes[name, repr([[1e39, 1, 2, 3]])] == "400"
-    assert outcomes["xgboost", repr([[1e39, 1, 2, 3]])] == "answered"  # it answers these
+    for name in ("xgboost", "isolation"):  # these answer such numbers themselves
+        assert outcomes[name, repr([[1e39, 1, 2, 3]])] == "answered"
     assert outcomes["logistic", repr([[1e39, 1, 2, 3]])] == "answered"  # a float64 model
     assert outcomes["logistic", repr([[None, 1, 2, 3]])] == "400"
     assert outcomes["histogram-named", repr([[None, 1, 2, 3]])] == "answered"
@@ -674,7 +680,7 @@ def test_a_booster_with_a_categorical_feature_takes_its_categories_by_value(tmp_
         with pytest.raises(Exception) as refused:
             predictor.predict([[0.4, "green"], [0.4, unknown]])
         assert str(refused.value) == (
-            "feature 'color' takes one of the model's categories (blue, green, red) or their "
+            "feature 'color' takes one of the model's categories ('blue', 'green', 'red') or their "
             f"codes, 0 to 2; instance 1 holds {shown}"
         )
 
@@ -701,6 +707,41 @@ def test_a_booster_with_number_categories_takes_them_by_value_never_as_codes(tmp
     assert str(refused.value) == (
         "feature 'grade' takes one of the model's categories (10, 20, 30); instance 0 holds a "
         "number, 1"
+    )
+
+
+def test_categories_that_are_numbers_or_read_as_numbers_are_never_taken_as_codes(tmp_path):
+    """A column of int32 categories reaches an XGBClassifier as int32 (XGBoost maps only the
+    type it was trained on); a Booster whose names read as numbers takes no codes, since a
+    number sent could be either."""
+    import pandas as pd
+
+    from cpr_function.frameworks import estimators
+
+    grades = np.array([3, 7, 9] * 10, dtype="int32")
+    frame = pd.DataFrame({"size": [0.5] * 30, "grade": pd.Categorical(grades)})
+    labels = [g == 7 for g in grades]
+    classifier = xgboost.XGBClassifier(n_estimators=3, max_depth=2, enable_categorical=True)
+    joblib.dump(classifier.fit(frame, labels), tmp_path / "model.joblib")
+    predictor = estimators.load(tmp_path / "model.joblib").predictor
+    answer = predictor.predict([[0.5, 7], [0.5, 3]], probabilities=True)
+    np.testing.assert_allclose(answer, classifier.predict_proba(frame.iloc[[1, 0]]), rtol=1e-6)
+    assert answer[0][1] > 0.5 > answer[1][1]
+
+    named = frame.assign(grade=pd.Categorical([str(g) for g in grades]))  # "3", "7", "9"
+    booster = xgboost.train(
+        {"max_depth": 2, "objective": "binary:logistic"},
+        xgboost.DMatrix(named, label=labels, enable_categorical=True),
+        num_boost_round=3,
+    )
+    predictor = _served_booster(booster, tmp_path)
+    by_name = predictor.predict([[0.5, "7"], [0.5, "3"]])
+    assert by_name[0] > 0.5 > by_name[1]
+    with pytest.raises(Exception) as refused:
+        predictor.predict([[0.5, 1]])
+    assert str(refused.value) == (
+        "feature 'grade' takes one of the model's categories ('3', '7', '9'); instance 0 holds "
+        "a number, 1"
     )
 
 

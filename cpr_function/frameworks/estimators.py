@@ -182,9 +182,13 @@ def _features_of(model: Any, needs_frame: bool) -> list[Feature] | None:
 def _holds_float32(model: Any) -> bool:
     """Whether a scikit-learn model holds its input as float32, and so fails on a number
     past float32's range: a tree, or an ensemble of them (forests, gradient boosting,
-    AdaBoost and bagging of trees). XGBoost's scikit-learn models answer such numbers."""
-    if type(model).__module__.startswith("sklearn.tree."):
+    AdaBoost and bagging of trees). XGBoost's scikit-learn models answer such numbers, and
+    so does an isolation forest, which lets them through to its trees."""
+    module = type(model).__module__
+    if module.startswith("sklearn.tree."):
         return True
+    if module.startswith("sklearn.ensemble._iforest"):
+        return False
     inner = getattr(model, "estimators_", None)
     if inner is None:
         inner = getattr(model, "estimator_", None)
@@ -210,7 +214,8 @@ def _takes_missing(model: Any) -> bool:
 
 def _xgboost_features(booster, *, booster_api: bool) -> list[Feature]:
     """What each feature of an XGBoost model takes. A Booster (`booster_api`) also takes a
-    string category's code, as it always did; a scikit-learn-API model takes names only.
+    category's code where no name reads as a number; a scikit-learn-API model takes the
+    categories only.
 
     Raises:
         LoadError: a scikit-learn-API model, which takes no codes, whose categories' names
@@ -220,7 +225,7 @@ def _xgboost_features(booster, *, booster_api: bool) -> list[Feature]:
     if "c" not in types:
         return [NUMBER] * len(types)
     categories = _xgboost_categories(booster) or [None] * len(types)
-    unreadable = [n for n, found in enumerate(categories) if found == ()]
+    unreadable = [n for n, found in enumerate(categories) if found is not None and not found[0]]
     if unreadable and not booster_api:
         names = booster.feature_names or [str(n) for n in range(len(types))]
         raise LoadError(
@@ -229,19 +234,35 @@ def _xgboost_features(booster, *, booster_api: bool) -> list[Feature]:
             "wrong codes, so this model would answer wrongly. Train it on ASCII categories, "
             "or save its Booster as model.bst, which takes the categories' codes"
         )
-    return [
-        NUMBER
-        if t != "c"
-        else Feature.category(found, by_code=booster_api and isinstance(found[0], str))
-        if found
-        else CODE
-        for t, found in zip(types, categories, strict=True)
-    ]
+    features = []
+    for kind, found in zip(types, categories, strict=True):
+        if kind != "c":
+            features.append(NUMBER)
+        elif found is None or not found[0]:
+            features.append(CODE)  # no names kept, or none readable: by code only
+        else:
+            names, dtype = found
+            by_code = booster_api and not any(_reads_as_number(n) for n in names)
+            features.append(Feature.category(names, by_code=by_code, dtype=dtype))
+    return features
 
 
-def _xgboost_categories(booster) -> list[tuple | None] | None:
-    """Each feature's categories in the order of their codes (`()` where they cannot be
-    read, None for a numeric feature), or None where the model keeps none.
+def _reads_as_number(category: Any) -> bool:
+    """Whether a category could be meant by a JSON number: a number, or a name like "1",
+    for which a number sent cannot be told from a code."""
+    if not isinstance(category, str):
+        return True
+    try:
+        float(category)
+    except ValueError:
+        return False
+    return True
+
+
+def _xgboost_categories(booster) -> list[tuple[tuple, str | None] | None] | None:
+    """Each feature's categories in the order of their codes and, for numbers, their
+    integer type (`()` where they cannot be read, None for a numeric feature), or None
+    where the model keeps none.
 
     XGBoost 3.1 and later write them into the model (its JSON's `cats`) when it was trained
     on a DataFrame with category columns, and map a category given by name to its code.
@@ -261,18 +282,33 @@ def _xgboost_categories(booster) -> list[tuple | None] | None:
     return found if kept else None
 
 
-def _decoded(encoding: dict) -> tuple | None:
-    """One feature's categories from the model's JSON: strings as UTF-8 bytes cut at their
-    offsets, or numbers as they are."""
+# The integer type of a category column of numbers, as XGBoost's JSON numbers it: the
+# model maps a category only from a column of the same type.
+_INTEGER_TYPES = {
+    9: "int8",
+    10: "uint8",
+    11: "int16",
+    12: "uint16",
+    13: "int32",
+    14: "uint32",
+    15: "int64",
+    16: "uint64",
+}
+
+
+def _decoded(encoding: dict) -> tuple[tuple, str | None] | None:
+    """One feature's categories from the model's JSON, and their type: strings as UTF-8
+    bytes cut at their offsets, or numbers as they are."""
     values, offsets = encoding.get("values") or [], encoding.get("offsets")
     if not offsets:
-        return tuple(values) or None
+        return (tuple(values), _INTEGER_TYPES.get(encoding.get("type"))) if values else None
     if any(v < 0 for v in values):
         # Not ASCII: XGBoost 3.2 cuts such names at offsets counted in characters, not
         # bytes; neither this nor XGBoost can read them back. Codes still map right.
-        return ()
+        return (), None
     data = bytes(values)
-    return tuple(data[a:b].decode() for a, b in zip(offsets, offsets[1:], strict=False))
+    names = tuple(data[a:b].decode() for a, b in zip(offsets, offsets[1:], strict=False))
+    return names, None
 
 
 class _Booster:

@@ -34,12 +34,16 @@ class Feature:
     kind: str | None
     categories: tuple = ()
     by_code: bool = False
+    dtype: str | None = None  # of categories that are numbers, where the model says
     codes: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def category(cls, categories: tuple, *, by_code: bool = False) -> Feature:
+    def category(
+        cls, categories: tuple, *, by_code: bool = False, dtype: str | None = None
+    ) -> Feature:
         """One of `categories`, whose codes are their places in it."""
-        return cls("category", categories, by_code, {c: i for i, c in enumerate(categories)})
+        codes = {c: i for i, c in enumerate(categories)}
+        return cls("category", categories, by_code, dtype, codes)
 
 
 NUMBER = Feature("number")
@@ -200,9 +204,10 @@ def _conformed(value: Any, feature: Feature, label: str, n: int, no_missing: str
         if feature.by_code and _is_code(value, len(feature.categories)):
             return value
         codes = f" or their codes, 0 to {len(feature.categories) - 1}" if feature.by_code else ""
+        categories = listed([repr(c) for c in feature.categories])
         raise BadRequest(
-            f"feature {label} takes one of the model's categories ({listed(feature.categories)})"
-            f"{codes}; instance {n} holds {received(value)}"
+            f"feature {label} takes one of the model's categories ({categories}){codes}; "
+            f"instance {n} holds {received(value)}"
         )
     if isinstance(value, int | float):
         return value
@@ -218,7 +223,9 @@ def _conformed(value: Any, feature: Feature, label: str, n: int, no_missing: str
 
 
 def _is_code(value: Any, count: int) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value in range(count)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return float(value).is_integer() and 0 <= value < count
 
 
 def check_float32(values, labels: list[str]) -> None:
@@ -233,7 +240,7 @@ def check_float32(values, labels: list[str]) -> None:
     if past.any():
         n, i = (int(x) for x in numpy.argwhere(past)[0])
         raise BadRequest(
-            f"feature {labels[i]} takes numbers of at most {FLOAT32_MAX:.8g} in size (the "
+            f"feature {labels[i]} takes numbers of at most {FLOAT32_MAX} in size (the "
             f"model holds them as float32); instance {n} holds {received(float(values[n, i]))}"
         )
 
@@ -249,7 +256,8 @@ def frame(values, names: list[str], features: list[Feature]):
         if feature.kind == "category":
             column = found[name].to_numpy()
             codes = numpy.where(numpy.isnan(column), -1, column).astype(numpy.int64)
-            found[name] = pandas.Categorical.from_codes(codes, categories=feature.categories)
+            categories = pandas.Index(feature.categories, dtype=feature.dtype)
+            found[name] = pandas.Categorical.from_codes(codes, categories=categories)
     return found
 
 
@@ -303,6 +311,8 @@ def _value_schema(feature: Feature, missing: bool, float32: bool) -> dict[str, A
         return {"type": ["number", "string", "boolean", "null"]}
     if feature.kind == "code":
         schema: dict[str, Any] = {"type": "integer", "minimum": 0}
+        if float32:
+            schema["maximum"] = FLOAT32_MAX
     else:
         schema = {"type": "number"}
         if float32:
