@@ -639,6 +639,17 @@ def test_a_wrapped_pipeline_that_picks_columns_by_name_gets_its_columns(tmp_path
     np.testing.assert_allclose(predictor.predict(IRIS), expected, rtol=1e-12)
 
 
+def _categorical_booster(frame, labels, folder):
+    """A small binary Booster trained on a DataFrame with category columns, and its
+    predictor as served."""
+    booster = xgboost.train(
+        {"max_depth": 2, "objective": "binary:logistic"},
+        xgboost.DMatrix(frame, label=labels, enable_categorical=True),
+        num_boost_round=3,
+    )
+    return booster, _served_booster(booster, folder)
+
+
 def _served_booster(booster, folder):
     """The Booster saved as AI Platform named it (model.bst, here UBJSON) and loaded back."""
     from cpr_function.frameworks import estimators
@@ -691,12 +702,7 @@ def test_a_booster_with_number_categories_takes_them_by_value_never_as_codes(tmp
     grades = [10, 20, 30] * 10
     frame = pd.DataFrame({"size": [0.5] * 30, "grade": pd.Categorical(grades)})
     labels = [g == 20 for g in grades]
-    booster = xgboost.train(
-        {"max_depth": 2, "objective": "binary:logistic"},
-        xgboost.DMatrix(frame, label=labels, enable_categorical=True),
-        num_boost_round=3,
-    )
-    predictor = _served_booster(booster, tmp_path)
+    booster, predictor = _categorical_booster(frame, labels, tmp_path)
     expected = booster.predict(xgboost.DMatrix(frame.iloc[[1, 0]], enable_categorical=True))
     assert expected[0] > 0.5 > expected[1]  # 20, then 10
     np.testing.assert_allclose(predictor.predict([[0.5, 20], [0.5, 10]]), expected, rtol=1e-6)
@@ -729,12 +735,7 @@ def test_categories_that_are_numbers_or_read_as_numbers_are_never_taken_as_codes
     assert answer[0][1] > 0.5 > answer[1][1]
 
     named = frame.assign(grade=pd.Categorical([str(g) for g in grades]))  # "3", "7", "9"
-    booster = xgboost.train(
-        {"max_depth": 2, "objective": "binary:logistic"},
-        xgboost.DMatrix(named, label=labels, enable_categorical=True),
-        num_boost_round=3,
-    )
-    predictor = _served_booster(booster, tmp_path)
+    booster, predictor = _categorical_booster(named, labels, tmp_path)
     by_name = predictor.predict([[0.5, "7"], [0.5, "3"]])
     assert by_name[0] > 0.5 > by_name[1]
     with pytest.raises(Exception) as refused:
@@ -756,12 +757,7 @@ def test_a_booster_with_names_of_one_feature_unreadable_takes_the_others_by_name
         }
     )
     labels = [i % 2 == 1 for i in range(30)]  # "red"
-    booster = xgboost.train(
-        {"max_depth": 2, "objective": "binary:logistic"},
-        xgboost.DMatrix(frame, label=labels, enable_categorical=True),
-        num_boost_round=3,
-    )
-    predictor = _served_booster(booster, tmp_path)
+    booster, predictor = _categorical_booster(frame, labels, tmp_path)
     by_code = predictor.predict([[0.5, 1, 2], [0.5, 0, 2]])
     assert by_code[0] > 0.5 > by_code[1]
     by_name = predictor.predict([[0.5, "red", 2], {"size": 0.5, "color": "blue", "word": 2}])
@@ -805,12 +801,7 @@ def test_categories_that_are_not_ascii_go_by_code_or_the_model_is_refused(tmp_pa
         {"size": [0.5] * 30, "c": pd.Categorical([names[i % 3] for i in range(30)])}
     )
     labels = [i % 3 == 2 for i in range(30)]  # "日本" is the class
-    booster = xgboost.train(
-        {"max_depth": 2, "objective": "binary:logistic"},
-        xgboost.DMatrix(frame, label=labels, enable_categorical=True),
-        num_boost_round=3,
-    )
-    predictor = _served_booster(booster, tmp_path)
+    booster, predictor = _categorical_booster(frame, labels, tmp_path)
     by_code = predictor.predict([[0.5, 2], [0.5, 1]])
     assert by_code[0] > 0.5 > by_code[1]
     with pytest.raises(Exception) as refused:
