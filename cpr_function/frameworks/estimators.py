@@ -131,11 +131,7 @@ class _Estimator:
             features.check_float32(array, self._labels)
         if not self._frame:
             return array
-        if known is not None:
-            return features.frame(array, names, known)
-        import pandas
-
-        return pandas.DataFrame(array, columns=names, copy=False)
+        return features.frame(array, names, known or [ANY] * len(names))
 
 
 def _needs_frame(model: Any) -> bool:
