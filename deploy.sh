@@ -16,7 +16,8 @@ What to serve (the flags of `gcloud ai-platform versions create`, plus two):
   --origin URI              model directory: gs://bucket/prefix (or a folder inside this directory)
   --package-uris URIS       comma-separated .tar.gz, .zip or .whl packages
   --prediction-class CLASS  module.Class of your predictor
-  --framework NAME          scikit-learn, xgboost, tensorflow or mlflow (no custom code)
+  --framework NAME          scikit-learn, xgboost, tensorflow or mlflow (no custom code);
+                            the v1 API's SCIKIT_LEARN, XGBOOST, TENSORFLOW too
   --forward-to NAME         projects/P/models/M[/versions/V] or projects/P/locations/L/endpoints/E
   --api-endpoint URL        base URL for --forward-to
   --batch-size N            instances per forwarded call
@@ -138,12 +139,15 @@ fi
 if [[ -n "$prediction_class" ]]; then
   [[ "$prediction_class" =~ ^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$ ]] \
     || fail "--prediction-class must be module.Class, like predictor.MyPredictor; got '$prediction_class'"
-  [[ -z "$framework" ]] || fail "give --prediction-class or --framework, not both"
 fi
 if [[ -n "$framework" ]]; then
-  case "$framework" in
-    scikit-learn | xgboost | tensorflow | mlflow) ;;
-    *) fail "--framework must be scikit-learn, xgboost, tensorflow or mlflow; got '$framework'" ;;
+  # Any spelling AI Platform took: gcloud's scikit-learn, the v1 API's SCIKIT_LEARN, any case.
+  spelled="${framework,,}"
+  case "${spelled//_/-}" in
+    scikit-learn | xgboost | tensorflow | mlflow)
+      [[ -z "$prediction_class" ]] || fail "give --prediction-class or --framework, not both" ;;
+    framework-unspecified) ;;
+    *) fail "--framework must be scikit-learn, xgboost, tensorflow or mlflow; got '$framework' (any case is taken, and '_' for '-' as in the v1 API's SCIKIT_LEARN)" ;;
   esac
 fi
 if [[ -n "$forward_to" ]]; then

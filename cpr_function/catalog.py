@@ -8,8 +8,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import ConfigError, NotFound
+from .shims import FRAMEWORK_SPELLING
 
 FRAMEWORKS = ("scikit-learn", "xgboost", "tensorflow", "mlflow")
+# The v1 API's Framework enum value that meant "not set": detected from the model directory.
+_UNSPECIFIED = "framework-unspecified"
 AUTH_MODES = ("auto", "access-token", "id-token", "none")
 MICROBATCH_MODES = ("false", "true", "all")
 # Words read as true and false, here and in the CPR_* settings.
@@ -82,6 +85,8 @@ class VersionSpec:
     microbatch_max_size: int | None = None
     microbatch_wait: float | None = None
     is_example: bool = False
+    # Compatibility shims the settings needed (kind, detail): see shims.py.
+    shims: tuple[tuple[str, str], ...] = ()
 
     @property
     def in_process(self) -> bool:
@@ -235,15 +240,11 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
     get = {k: v for k, v in fields.items() if v not in (None, "", [], ())}.get
     forward_to, origin = _text(get, "forward_to", where), _text(get, "origin", where)
     prediction_class = _text(get, "prediction_class", where)
-    framework = _text(get, "framework", where)
+    framework, spelling = _framework(_text(get, "framework", where), where)
     packages = _uris(get("package_uris"), where)
     auth = (_text(get, "auth", where) or "auto").lower()
     if auth not in AUTH_MODES:
         raise ConfigError(f"{where('auth')} must be one of {', '.join(AUTH_MODES)}; got {auth!r}")
-    if framework is not None and framework.lower() not in FRAMEWORKS:
-        raise ConfigError(
-            f"{where('framework')} must be one of {', '.join(FRAMEWORKS)}; got {framework!r}"
-        )
     if forward_to is not None:
         if not _FORWARD.fullmatch(forward_to):
             raise ConfigError(
@@ -293,7 +294,7 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
         origin=origin,
         package_uris=packages,
         prediction_class=prediction_class,
-        framework=framework.lower() if framework else None,
+        framework=framework,
         forward_to=forward_to,
         api_endpoint=_endpoint(get("api_endpoint"), where),
         batch_size=_positive(get("batch_size"), where("batch_size"), 100),
@@ -303,7 +304,36 @@ def version_spec(model: str, version: str, fields: Mapping[str, Any], where: Whe
         auth=auth,
         description=str(get("description") or ""),
         **microbatch_fields(get, where),
+        shims=spelling,
     )
+
+
+def _framework(raw: str | None, where: Where) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """A framework as gcloud spells it, from any spelling AI Platform accepted.
+
+    gcloud took `scikit-learn`; the v1 API's Framework enum, which `versions
+    describe` prints and deploy scripts copied, is `SCIKIT_LEARN`; older scripts
+    wrote `SCIKIT-LEARN`. Case is ignored, `_` reads as `-`, and the enum's
+    `FRAMEWORK_UNSPECIFIED` means unset.
+
+    Returns:
+        The framework (None when unset) and the spelling shim noted, if any.
+
+    Raises:
+        ConfigError: not a framework this function serves.
+    """
+    if raw is None:
+        return None, ()
+    name = raw.lower().replace("_", "-")
+    if name == _UNSPECIFIED:
+        return None, ((FRAMEWORK_SPELLING, f"{raw!r} (the v1 API's unset value): detected"),)
+    if name not in FRAMEWORKS:
+        raise ConfigError(
+            f"{where('framework')} must be one of {', '.join(FRAMEWORKS)}; got {raw!r} (any "
+            "case is taken, and '_' for '-' as in the v1 API's SCIKIT_LEARN)"
+        )
+    noted = ((FRAMEWORK_SPELLING, f"{raw!r} read as {name}"),) if raw != name else ()
+    return name, noted
 
 
 def _microbatch_mode(raw: Any, name: str) -> str:

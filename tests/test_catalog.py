@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cpr_function import catalog
-from cpr_function.app import App
+from cpr_function.app import App, load_catalog
 from cpr_function.config import Config
 from cpr_function.errors import ConfigError, NotFound
 
@@ -238,3 +238,35 @@ def test_the_app_reads_the_models_file_at_start(tmp_path):
     with pytest.raises(ConfigError) as error:
         App(Config.from_env({"CPR_MODELS": str(tmp_path / "missing.yaml")}))
     assert str(error.value) == f"CPR_MODELS: models file {tmp_path / 'missing.yaml'} does not exist"
+
+
+@pytest.mark.parametrize(
+    "spelled,framework,noted",
+    [
+        ("scikit-learn", "scikit-learn", False),
+        ("SCIKIT_LEARN", "scikit-learn", True),  # the v1 API's enum, as deploy scripts wrote it
+        ("SCIKIT-LEARN", "scikit-learn", True),  # older scripts
+        ("scikit_learn", "scikit-learn", True),
+        ("XGBOOST", "xgboost", True),
+        ("TensorFlow", "tensorflow", True),
+        ("MLFLOW", "mlflow", True),
+        ("FRAMEWORK_UNSPECIFIED", None, True),  # the enum's unset value: detected
+    ],
+)
+def test_every_framework_spelling_ai_platform_took_is_read(spelled, framework, noted):
+    text = f"models: {{m: {{versions: {{a: {{origin: /x, framework: {spelled}}}}}}}}}"
+    spec = catalog.parse(text, "models.yaml").model().version()
+    assert spec.framework == framework
+    assert [kind for kind, _ in spec.shims] == (["framework spelling"] if noted else [])
+    single = Config.from_env({"CPR_ORIGIN": "/x", "CPR_FRAMEWORK": spelled})
+    assert load_catalog(single).model().version().framework == framework
+
+
+@pytest.mark.parametrize("spelled", ["SCIKIT LEARN", "sklearn", "TORCH", "XG_BOOST"])
+def test_a_framework_ai_platform_never_took_is_refused_with_the_spellings(spelled):
+    with pytest.raises(ConfigError) as refused:
+        load_catalog(Config.from_env({"CPR_ORIGIN": "/x", "CPR_FRAMEWORK": spelled}))
+    assert str(refused.value) == (
+        "CPR_FRAMEWORK must be one of scikit-learn, xgboost, tensorflow, mlflow; got "
+        f"{spelled!r} (any case is taken, and '_' for '-' as in the v1 API's SCIKIT_LEARN)"
+    )

@@ -87,6 +87,31 @@ def test_a_custom_prediction_routine(deploy):
     assert ["storage", "du", "--summarize", "gs://bucket/model"] in calls
 
 
+@pytest.mark.parametrize("spelled", ["SCIKIT_LEARN", "SCIKIT-LEARN", "Scikit-Learn", "XGBOOST"])
+def test_the_framework_in_any_spelling_ai_platform_took(deploy, spelled):
+    # Google's sample deploy scripts wrote the v1 API's enum: --framework SCIKIT_LEARN.
+    status, err, _, calls = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/m", "--framework", spelled
+    )
+    assert status == 0, err
+    (call,) = deploys(calls)
+    assert f"--set-env-vars=^;^CPR_ORIGIN=gs://bucket/m;CPR_FRAMEWORK={spelled}" in call
+
+
+def test_the_v1_enum_for_no_framework_goes_with_a_prediction_class(deploy):
+    status, err, _, calls = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/m",
+        "--prediction-class", "predictor.P", "--framework", "FRAMEWORK_UNSPECIFIED",
+    )  # fmt: skip
+    assert status == 0, err
+    status, err, _, _ = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/m",
+        "--prediction-class", "predictor.P", "--framework", "SCIKIT_LEARN",
+    )  # fmt: skip
+    assert status == 2
+    assert "give --prediction-class or --framework, not both" in err
+
+
 def test_every_runtime_option_passes_through(deploy):
     status, err, _, calls = deploy(
         "fn",
