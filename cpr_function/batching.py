@@ -75,21 +75,41 @@ class Batched:
         self.routine = routine
         self.batcher = Batcher(self.predict, max_size=max_size, wait=wait)
 
+    @property
+    def merges(self) -> bool:
+        """False for good once the predictor answered a call with another count than it was
+        given: its answers can no longer be cut back into requests."""
+        return self.routine.one_per_instance
+
     def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> dict[str, Any]:
         instances, kwargs = protocol.instances_of(payload, vertex=vertex)
+        if not self.merges:
+            return {"predictions": self.routine.predict(instances, kwargs)}
         return {"predictions": self.batcher.predict(instances, kwargs)}
 
     def predict(self, groups: list[list], kwargs: dict[str, Any]) -> list:
         """One call on every group's instances; the predictions cut back into one part per group.
 
+        A merged call answered with another count than the instances it was given
+        (the predictor reads them some other way) is made again group by group, so
+        that no request ever gets another's predictions, and merging stops.
+
         Raises:
             ValueError: the predictions cannot be cut into rows.
             BaseException: what the predictor raised.
         """
-        if len(groups) == 1:
-            return [self.routine.predict(groups[0], kwargs)]
+        if len(groups) == 1 or not self.merges:
+            return [self.routine.predict(group, kwargs) for group in groups]
         merged = [instance for group in groups for instance in group]
-        return split(self.routine.predict(merged, kwargs), [len(g) for g in groups])
+        predictions = self.routine.predict(merged, kwargs)
+        if not self.merges:
+            log.warning(
+                "a predict call merging %d requests was not answered one prediction per "
+                "instance: each request is predicted alone, now and from now on",
+                len(groups),
+            )
+            return [self.routine.predict(group, kwargs) for group in groups]
+        return split(predictions, [len(g) for g in groups])
 
 
 class Batcher:

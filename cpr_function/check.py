@@ -42,6 +42,7 @@ def _version(config: Config, spec: VersionSpec, instance: Any, out: TextIO) -> b
     from .storage import Storage
 
     model = LazyModel(spec, config, Storage.configured(config))
+    shown = _ShimLines(model.shims, out)
     try:
         model.get()
     except CprError as exc:
@@ -50,6 +51,7 @@ def _version(config: Config, spec: VersionSpec, instance: Any, out: TextIO) -> b
                 print(f"  FAIL {phase:<10} {model.phases.get(phase, 0):.3f}s  {exc}", file=out)
                 break
             print(f"  ok   {phase:<10} {model.phases.get(phase, 0):.3f}s", file=out)
+        shown.new()
         return False
     stats = model.fetch_stats
     details = {
@@ -61,10 +63,28 @@ def _version(config: Config, spec: VersionSpec, instance: Any, out: TextIO) -> b
     }
     for phase in PHASES:
         print(f"  ok   {phase:<10} {model.phases[phase]:.3f}s  {details[phase]}", file=out)
+    shown.new()
     if instance is None:
         print("  --   predict    not run: give --instance to try one", file=out)
         return True
-    return _predict(lambda: model.respond({"instances": [instance]}), out)
+    ok = _predict(lambda: model.respond({"instances": [instance]}), out)
+    shown.new()
+    return ok
+
+
+class _ShimLines:
+    """Writes a `shim` line for each compatibility shim the version needed, once."""
+
+    def __init__(self, shims, out: TextIO):
+        self._shims = shims
+        self._out = out
+        self._written = 0
+
+    def new(self) -> None:
+        listed = self._shims.listed()
+        for shim in listed[self._written :]:
+            print(f"  shim {shim['shim']}: {shim['detail']}", file=self._out)
+        self._written = len(listed)
 
 
 def _forward(spec: VersionSpec, instance: Any, out: TextIO) -> bool:

@@ -171,10 +171,12 @@ def _local_predict(args) -> int:
     instances = _read_instances(args.json_instances)
     model = LazyModel(spec, config, Storage.configured(config))
     body = orjson.loads(protocol.encode(model.respond({"instances": instances})))
-    predictions = body.get("predictions") if isinstance(body, dict) else None
-    if not isinstance(predictions, list):
-        raise _Usage(f'the model answered {str(body)[:200]}, not {{"predictions": [...]}}')
-    sys.stdout.buffer.write(b"".join(orjson.dumps(p) + b"\n" for p in predictions))
+    if not isinstance(body, dict) or "predictions" not in body:
+        raise _Usage(f'the model answered {str(body)[:200]}, not {{"predictions": ...}}')
+    predictions = body["predictions"]
+    # One line a prediction; what is not a list (AI Platform answered it too) is one line.
+    lines = predictions if isinstance(predictions, list) else [predictions]
+    sys.stdout.buffer.write(b"".join(orjson.dumps(p) + b"\n" for p in lines))
     sys.stdout.flush()
     return 0
 

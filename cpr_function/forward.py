@@ -20,6 +20,7 @@ import orjson
 
 from .errors import BadRequest, CprError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .protocol import dumps
+from .shims import PREDICTION_COUNT, Shims
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,23 @@ class Upstream:
         self._session = session
         self._lock = threading.Lock()
         self.calls = 0
+        # False once the upstream answered a batch with another count than it held.
+        self.even = True
 
-    def call(self, body: bytes, count: int, stop: threading.Event | None = None) -> list:
+    def call(
+        self, body: bytes, count: int, stop: threading.Event | None = None, *, exact: bool = True
+    ) -> Any:
         """Sends one batch of `count` instances; returns its predictions.
 
         Args:
             body: the request body.
             count: how many instances it holds.
             stop: once set (another batch of the request failed), no retry is made.
+            exact: the answer must be a list of `count` predictions (it is joined with
+                other batches'); when false, whatever `predictions` holds is returned.
 
         Raises:
+            Uneven: `exact`, and the upstream answered another number of predictions.
             CprError: the upstream refused the batch, or kept failing past the retries.
         """
         session = self.session()
@@ -122,7 +130,7 @@ class Upstream:
             attempt += 1
             with self._lock:
                 self.calls += 1
-            outcome = self._attempt(session, body, count)
+            outcome = self._attempt(session, body, count, exact)
             if not isinstance(outcome, _Failure):
                 return outcome
             failure = outcome
@@ -137,7 +145,7 @@ class Upstream:
             if stop.wait(wait):
                 raise failure.error(attempt)
 
-    def _attempt(self, session, body: bytes, count: int) -> list | _Failure:
+    def _attempt(self, session, body: bytes, count: int, exact: bool) -> Any:
         """One call: the predictions, or what went wrong and whether to try again."""
         import requests
 
@@ -165,10 +173,10 @@ class Upstream:
             predictions = orjson.loads(answer.content)["predictions"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return _Failure(UpstreamError, f"{url} answered 200 without a predictions list", False)
-        if not isinstance(predictions, list) or len(predictions) != count:
+        if exact and (not isinstance(predictions, list) or len(predictions) != count):
             got = len(predictions) if isinstance(predictions, list) else "no list of"
             message = f"{url} answered {got} predictions for {count} instances"
-            return _Failure(UpstreamError, message, False)
+            return _Failure(Uneven, message, False)
         return predictions
 
     def session(self):
@@ -203,7 +211,8 @@ def predict(
     fields: dict[str, Any],
     *,
     progress: Callable[[int], None] | None = None,
-) -> list:
+    joined: bool = True,
+) -> Any:
     """Predicts `instances` in batches sent concurrently; the predictions keep their order.
 
     Args:
@@ -211,15 +220,39 @@ def predict(
         instances: the instances (bytes leaves are sent as `{"b64": ...}`).
         fields: the other request fields (v1: top level; Vertex AI: `parameters`).
         progress: called with the number of instances of each batch that completes.
+        joined: the answer must be one prediction per instance (the client's lines).
+            When false (the function's forward mode, which answers as AI Platform
+            did), a request that fits one batch gets whatever the upstream answered;
+            one whose batches are answered with other counts than they held is sent
+            again whole, and from then on (`upstream.even` false) every request is.
 
     Raises:
+        Uneven: `joined`, and a batch was answered with another number of predictions.
         CprError: a batch failed for good; the message names its instance range.
             No partial answer is ever returned.
     """
     batches = split(instances, upstream.policy)
-    total, stop = len(instances), threading.Event()
+    if not joined and (len(batches) == 1 or not upstream.even):
+        return _whole(upstream, batches, fields, progress)
+    stop = threading.Event()
     if len(batches) == 1:
-        return _one(upstream, batches[0], fields, total, progress, stop)
+        return _one(upstream, batches[0], fields, len(instances), progress, stop)
+    try:
+        return _concurrently(upstream, batches, fields, len(instances), progress, stop)
+    except Uneven as exc:
+        if joined:
+            raise
+        upstream.even = False
+        log.warning(
+            "%s: the upstream does not answer one prediction per instance, so its answers "
+            "to batches cannot be joined; this request and every later one go whole",
+            exc,
+        )
+        return _whole(upstream, batches, fields, progress)
+
+
+def _concurrently(upstream: Upstream, batches, fields, total: int, progress, stop) -> list:
+    """Every batch's predictions, sent `concurrency` at a time, joined in order."""
     results: list[list | None] = [None] * len(batches)
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=min(upstream.policy.concurrency, len(batches)),
@@ -238,6 +271,13 @@ def predict(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [p for batch in results for p in batch]
+
+
+def _whole(upstream: Upstream, batches: Sequence[Batch], fields, progress) -> Any:
+    """What the upstream answers as `predictions` to every instance sent in one call."""
+    batch = Batch(0, [instance for batch in batches for instance in batch.encoded])
+    total = len(batch.encoded)
+    return _one(upstream, batch, fields, total, progress, threading.Event(), exact=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,16 +309,21 @@ def split(instances: Sequence[Any], policy: Policy) -> list[Batch]:
     return batches
 
 
-def _one(upstream: Upstream, batch: Batch, fields, total: int, progress, stop) -> list:
+def _one(upstream: Upstream, batch: Batch, fields, total: int, progress, stop, exact=True) -> Any:
     count = len(batch.encoded)
     try:
-        predictions = upstream.call(upstream.target.body(batch.encoded, fields), count, stop)
+        body = upstream.target.body(batch.encoded, fields)
+        predictions = upstream.call(body, count, stop, exact=exact)
     except CprError as exc:
         last = batch.start + count - 1
         raise type(exc)(f"instances {batch.start}-{last} of {total}: {exc}") from exc
     if progress is not None:
         progress(count)
     return predictions
+
+
+class Uneven(UpstreamError):
+    """The upstream answered another number of predictions than the instances it was sent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,6 +435,7 @@ class Forwarder:
         target = Target.named(spec.forward_to, spec.api_endpoint)
         self.upstream = Upstream(target, policy, auth=spec.auth)
         self.last_error: str | None = None
+        self.shims = Shims(spec.model, spec.name, spec.shims)
 
     @property
     def loaded(self) -> bool:
@@ -401,11 +447,17 @@ class Forwarder:
 
         instances, kwargs = protocol.instances_of(payload, vertex=vertex)
         try:
-            predictions = predict(self.upstream, instances, kwargs)
+            predictions = predict(self.upstream, instances, kwargs, joined=False)
         except CprError as exc:
             self.last_error = str(exc)
             raise
         self.last_error = None
+        if not self.upstream.even:
+            self.shims.note(
+                PREDICTION_COUNT,
+                "the upstream answered a batch with another number of predictions than it "
+                "held instances: every request is forwarded whole, unsplit",
+            )
         return {"predictions": predictions}
 
     def schemas(self) -> None:
@@ -421,4 +473,5 @@ class Forwarder:
             "auth": auth_mode(self.upstream.target.url, self.upstream.auth),
             "upstreamCalls": self.upstream.calls,
             "lastError": self.last_error,
+            "compatibility": self.shims.listed(),
         }

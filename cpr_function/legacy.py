@@ -16,6 +16,8 @@ import os
 import sys
 import threading
 
+from . import shims
+
 _installed = False
 _lock = threading.Lock()
 
@@ -104,8 +106,10 @@ class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        module = importlib.import_module(self._alias_for(spec.name))
+        target = self._alias_for(spec.name)
+        module = importlib.import_module(target)
         self._specs[spec.name] = module.__spec__
+        shims.note(shims.LEGACY_IMPORT, f"{spec.name} (gone from today's libraries) is {target}")
         return module
 
     def exec_module(self, module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import sys
 import threading
@@ -14,6 +15,7 @@ from . import batching, frameworks, gcpause, legacy, logs, packages, predictor
 from .catalog import VersionSpec
 from .config import Config
 from .errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
+from .shims import Shims
 from .storage import ObjectChanged, Storage
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class LazyModel:
         self.fetch_stats: dict[str, int] = {}
         self.last_error: str | None = None
         self.failed_phase: str | None = None
+        self.shims = Shims(spec.model, spec.name, spec.shims)
 
     @property
     def loaded(self) -> bool:
@@ -78,9 +81,10 @@ class LazyModel:
         """
         model = self.get()
         try:
-            if self._config.predict_timeout is None:
-                return model.respond(payload, vertex=vertex)
-            return self._within_deadline(model, payload, vertex)
+            with self.shims.active():
+                if self._config.predict_timeout is None:
+                    return model.respond(payload, vertex=vertex)
+                return self._within_deadline(model, payload, vertex)
         except CprError:
             raise
         except (Exception, SystemExit) as exc:
@@ -99,7 +103,8 @@ class LazyModel:
         if not isinstance(model, batching.Batched):
             raise PredictorError(f"model {self.spec.key} does not merge requests")
         try:
-            return model.predict(groups, kwargs)
+            with self.shims.active():
+                return model.predict(groups, kwargs)
         except CprError:
             raise
         except (Exception, SystemExit) as exc:
@@ -120,7 +125,9 @@ class LazyModel:
                     self._pool = concurrent.futures.ThreadPoolExecutor(
                         max_workers=64, thread_name_prefix="cpr-predict"
                     )
-        future = self._pool.submit(model.respond, payload, vertex=vertex)
+        # The copied context carries `shims.active()` to the pool's thread.
+        context = contextvars.copy_context()
+        future = self._pool.submit(context.run, model.respond, payload, vertex=vertex)
         seconds = self._config.predict_timeout
         try:
             return future.result(timeout=seconds)
@@ -199,7 +206,7 @@ class LazyModel:
             self.fetch_stats["unpacked"] = sum(p.unpacked for p in unpacked)
         # No cyclic garbage collection from here to the end of from_path (gcpause.py):
         # downloads and unpacking, which can take long, run with it.
-        with gcpause.paused():
+        with gcpause.paused(), self.shims.active():
             with self._phase("import"):
                 if config.legacy_compat:
                     legacy.install()
@@ -213,7 +220,7 @@ class LazyModel:
                     cls = predictor.resolve(spec.prediction_class, provided)
             with self._phase("from_path"):
                 if spec.prediction_class:
-                    loaded = predictor.construct(cls, model_dir)
+                    loaded = predictor.construct(cls, model_dir, self.shims)
                 else:
                     loaded = frameworks.load(model_dir, spec.framework)
                 loaded = batching.wrap(loaded, **config.microbatch_for(spec)._asdict())
@@ -270,10 +277,11 @@ class LazyModel:
             "coldStartSeconds": dict(self.phases),
             "cache": dict(self.fetch_stats),
             "lastError": self.last_error,
+            "compatibility": self.shims.listed(),
         }
         batcher = getattr(self._predictor, "batcher", None)
         if batcher is not None:
-            status["microbatch"] = batcher.status()
+            status["microbatch"] = {**batcher.status(), "merging": self._predictor.merges}
         return status
 
 

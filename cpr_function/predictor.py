@@ -9,13 +9,17 @@ AI Platform's `predict(instances, **kwargs)`; `VertexRoutine` adapts Vertex AI's
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from . import legacy, protocol
-from .errors import LoadError, PredictorError
+from .errors import LoadError
+from .shims import PREDICTION_COUNT, Shims
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -54,29 +58,54 @@ class Servable(Protocol):
 
 
 class Routine:
-    """Serves a predictor with AI Platform's `predict(instances, **kwargs)`."""
+    """Serves a predictor with AI Platform's `predict(instances, **kwargs)`.
 
-    def __init__(self, predictor: Any):
+    Whatever `predict` returns is the answer's `predictions`, as on AI Platform,
+    even when it is not one prediction per instance (some routines read
+    `instances` as one row of feature values). Such a predictor cannot have its
+    requests merged or its answers cut into parts: the first time it answers
+    another count, `one_per_instance` turns false for good, and the shim is noted.
+    """
+
+    def __init__(self, predictor: Any, shims: Shims | None = None):
         self.predictor = predictor
+        self.shims = shims
+        self.one_per_instance = True
+        self._counts_logged: set[tuple[int | None, int]] = set()
 
     def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> dict[str, Any]:
         instances, kwargs = protocol.instances_of(payload, vertex=vertex)
         return {"predictions": self.predict(instances, kwargs)}
 
     def predict(self, instances: list, kwargs: dict[str, Any]) -> Any:
-        """The predictor's predictions, checked to be one per instance when they are a sequence.
-
-        Raises:
-            PredictorError: the predictor returned another number of predictions.
-        """
+        """What the predictor returns for `instances`, whatever its length."""
         predictions = self.predictor.predict(instances, **kwargs)
         count = _count(predictions)
-        if count is not None and count != len(instances):
-            raise PredictorError(
-                f"the predictor returned {count} predictions for {len(instances)} instances; "
-                "predict must return one prediction per instance"
-            )
+        if count != len(instances):
+            self._not_one_per_instance(count, len(instances), type(predictions).__name__)
         return predictions
+
+    def _not_one_per_instance(self, count: int | None, instances: int, kind: str) -> None:
+        got = f"{count} predictions" if count is not None else f"a {kind}, not a list,"
+        # Logged once for each pair of counts: a routine that reads instances as one row
+        # answers every request so, and one line tells as much as a line a request.
+        if (count, instances) not in self._counts_logged and len(self._counts_logged) < 64:
+            self._counts_logged.add((count, instances))
+            log.warning(
+                "%sthe predictor returned %s for %d instances; answered as it is, as AI "
+                "Platform did (predict should return one prediction per instance)",
+                f"model {self.shims.model} version {self.shims.version}: " if self.shims else "",
+                got,
+                instances,
+            )
+        if self.one_per_instance:
+            self.one_per_instance = False
+            if self.shims is not None:
+                self.shims.note(
+                    PREDICTION_COUNT,
+                    f"predict returned {got} for {instances} instances: its predictions are "
+                    "answered as returned, and its requests are never merged or split",
+                )
 
 
 class VertexRoutine:
@@ -167,7 +196,7 @@ def _import_failed(class_path: str, exc: BaseException) -> LoadError:
     return LoadError(f"importing prediction class {class_path} failed: {legacy.describe(exc)}")
 
 
-def construct(cls: type, model_dir: Path) -> Servable:
+def construct(cls: type, model_dir: Path, shims: Shims | None = None) -> Servable:
     """Builds the user's predictor: `from_path(model_dir)`, or for a Vertex AI
     predictor `cls()` then `load(model_dir)`.
 
@@ -191,7 +220,7 @@ def construct(cls: type, model_dir: Path) -> Servable:
             f"{name}.from_path must return an object with "
             f"predict(); it returned {type(predictor).__name__}"
         )
-    return Routine(predictor)
+    return Routine(predictor, shims)
 
 
 def _count(predictions: Any) -> int | None:

@@ -48,6 +48,8 @@ class ProcessModel:
         self.last_error: str | None = None
         self.memory: int | None = None
         self._batcher = None  # when the version merges requests, made at its first load
+        self._merges = True  # false for good once its predictor answered another count
+        self.shims: list[dict[str, str]] = []  # the compatibility shims the child noted
 
     @property
     def loaded(self) -> bool:
@@ -74,7 +76,7 @@ class ProcessModel:
         """
         import orjson
 
-        if self._batcher is not None:
+        if self._batcher is not None and self._merges:
             from . import protocol
 
             # Merged here, before the channel that takes one call at a time.
@@ -88,9 +90,19 @@ class ProcessModel:
 
     def _predict_groups(self, groups: list[list], kwargs: dict[str, Any]) -> list[bytes]:
         """One call in the child on several requests' instances: each request's predictions,
-        encoded to JSON there."""
+        encoded to JSON there (the child predicts each alone when the merged call's count
+        was not theirs, and from then on no request is merged)."""
         deadline = self._config.predict_timeout
-        return self._ask(("predict", groups, kwargs), "predicting", deadline)
+        parts, merges = self._ask(("predict", groups, kwargs), "predicting", deadline)
+        if not merges and self._merges:
+            self._merges = False
+            log.warning(
+                "model %s version %s does not answer one prediction per instance: its "
+                "requests are no longer merged",
+                self.spec.model,
+                self.spec.name,
+            )
+        return parts
 
     def schemas(self) -> dict[str, Any] | None:
         """The request and response schemas the version declares, if any.
@@ -104,7 +116,7 @@ class ProcessModel:
         with self._lock:
             self._ensure_loaded()
             reply = self._call(message, doing, deadline)
-            self.memory = reply[-1]
+            self._heard(reply)
             if reply[0] == "error":
                 raise Relayed(reply[1], reply[2])
             return reply[1]
@@ -114,7 +126,14 @@ class ProcessModel:
         with self._lock:
             self._stop()
 
+    def _heard(self, reply: tuple) -> None:
+        """Takes what every reply ends with: the shims noted since, and peak memory."""
+        if reply[-2] is not None:
+            self.shims = reply[-2]
+        self.memory = reply[-1]
+
     def status(self) -> dict[str, Any]:
+        batcher = self._batcher
         return {
             "loaded": self.loaded,
             "pid": self.pid,
@@ -122,7 +141,8 @@ class ProcessModel:
             "coldStartSeconds": dict(self.phases),
             "cache": dict(self.fetch_stats),
             "lastError": self.last_error,
-            **({"microbatch": self._batcher.status()} if self._batcher is not None else {}),
+            "compatibility": list(self.shims),
+            **({"microbatch": {**batcher.status(), "merging": self._merges}} if batcher else {}),
         }
 
     def _ensure_loaded(self) -> None:
@@ -134,11 +154,12 @@ class ProcessModel:
         except CprError as exc:
             self.last_error = str(exc)
             raise
+        self._heard(reply)
         if reply[0] == "error":
             self._stop()
             self.last_error = reply[1]
             raise Relayed(reply[1], reply[2])
-        _, self.phases, self.fetch_stats, self.memory, batchable = reply
+        _, self.phases, self.fetch_stats, batchable, *_ = reply
         self.last_error = None
         if batchable and self._batcher is None:
             from .batching import Batcher
@@ -237,13 +258,15 @@ def serve(conn) -> int:
     config = dataclasses.replace(config, predict_timeout=None)
     configure(config.log_format)
     model = LazyModel(spec, config, Storage.configured(config))
+    shown = _Shown(model)
     try:
         model.get()
     except Exception as exc:
-        conn.send(_error(exc))
+        conn.send((*_error(exc), *shown.tail()))
         return 1
-    batchable = isinstance(model.get(), Batched)
-    conn.send(("loaded", model.phases, model.fetch_stats, _peak_rss(), batchable))
+    loaded = model.get()
+    batchable = isinstance(loaded, Batched)
+    conn.send(("loaded", model.phases, model.fetch_stats, batchable, *shown.tail()))
     while True:
         try:
             kind, *args = conn.recv()
@@ -253,13 +276,29 @@ def serve(conn) -> int:
             if kind == "schemas":
                 result = model.schemas()
             elif kind == "predict":
-                result = [protocol.encode(part) for part in model.predict_groups(*args)]
+                parts = model.predict_groups(*args)
+                result = ([protocol.encode(part) for part in parts], loaded.merges)
             else:
                 result = _encoded(model.respond(args[0], vertex=args[1]))
-            reply = ("ok", result, _peak_rss())
+            reply = ("ok", result)
         except Exception as exc:
             reply = _error(exc)
-        conn.send(reply)
+        conn.send((*reply, *shown.tail()))
+
+
+class _Shown:
+    """What each reply to the parent ends with: the version's shims when they changed since
+    the last reply (else None), and the peak resident memory."""
+
+    def __init__(self, model):
+        self._model = model
+        self._sent = 0
+
+    def tail(self) -> tuple[list | None, int]:
+        listed = self._model.shims.listed()
+        changed = len(listed) != self._sent
+        self._sent = len(listed)
+        return (listed if changed else None), _peak_rss()
 
 
 def _encoded(body: Any) -> Any:
@@ -274,9 +313,9 @@ def _encoded(body: Any) -> Any:
 
 def _error(exc: Exception) -> tuple:
     if isinstance(exc, CprError):
-        return ("error", str(exc), exc.status_code, _peak_rss())
+        return ("error", str(exc), exc.status_code)
     log.error("unexpected error in the worker process", exc_info=exc)
-    return ("error", "internal error; the details are in the function's log", 500, _peak_rss())
+    return ("error", "internal error; the details are in the function's log", 500)
 
 
 def main(argv: list[str]) -> int:

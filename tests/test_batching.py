@@ -17,7 +17,6 @@ from kit_source import kit_files
 
 from cpr_function import batching
 from cpr_function.batching import Batched, Batcher
-from cpr_function.errors import PredictorError
 from cpr_function.predictor import Routine, VertexRoutine
 
 # The Batcher, in this process
@@ -189,11 +188,18 @@ def test_a_batched_routine_answers_as_the_routine_alone_does():
     batched = Batched(Routine(_Rows()), max_size=8, wait=0.0)
     assert batched.respond({"instances": [1, 2]}) == {"predictions": [10, 20]}
     assert batched.predict([[1], [2, 3]], {}) == [[10], [20, 30]]
-    short = Batched(Routine(_Rows(lambda rows: rows[:-1])), max_size=8, wait=0.0)
-    with pytest.raises(PredictorError, match="returned 1 predictions for 2 instances"):
-        short.respond({"instances": [1, 2]})
-    with pytest.raises(PredictorError, match="returned 2 predictions for 3 instances"):
-        short.predict([[1], [2, 3]], {})
+
+    # A predictor answering another count is answered as it is (as AI Platform did),
+    # and a merged call of it is made again request by request: no request gets another's.
+    short = Batched(Routine(_Rows(lambda rows: [r * 10 for r in rows[:-1]])), max_size=8, wait=0.0)
+    assert short.merges
+    assert short.predict([[1], [2, 3]], {}) == [[], [20]]
+    assert not short.merges
+    assert short.respond({"instances": [1, 2]}) == {"predictions": [10]}
+    once = Batched(Routine(_Rows(lambda rows: sum(rows))), max_size=8, wait=0.0)
+    assert once.respond({"instances": [1, 2]}) == {"predictions": 3}
+    assert not once.merges
+    assert once.predict([[1], [2, 3]], {}) == [1, 5]
 
 
 class _Declares(_Rows):

@@ -50,12 +50,14 @@ def test_faulty_predictors_get_clear_errors_and_the_others_keep_serving(isolated
     assert raising.json()["error"]["message"] == (
         "prediction failed: ValueError: instance 0 has the wrong shape"
     )
+    # Another count than the instances is answered as it is, as AI Platform did, and logged.
     short = isolated.predict({"instances": [1, 2, 3]}, path=_on("short"))
-    assert short.status_code == 500
-    assert short.json()["error"]["message"] == (
-        "the predictor returned 2 predictions for 3 instances; predict must return one "
-        "prediction per instance"
-    )
+    assert short.status_code == 200
+    assert short.json() == {"predictions": [0.0, 0.0]}
+    assert "the predictor returned 2 predictions for 3 instances" in isolated.log()
+    assert [s["shim"] for s in isolated.version_status("kit", "short")["compatibility"]] == [
+        "prediction count"
+    ]
     nan = isolated.predict({"instances": [1, 2, 3, 4]}, path=_on("notanumber"))
     assert nan.status_code == 200
     assert nan.json() == {"predictions": [None, None, None, None]}
