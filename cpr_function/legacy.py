@@ -67,8 +67,11 @@ _COLLECTIONS_ABCS = [
 
 
 def install() -> None:
-    """Puts the removed names back; safe to call more than once."""
+    """Puts the removed names back, and lets old estimators be fitted; safe to call again."""
     global _installed
+    from . import fitted
+
+    fitted.install()
     with _lock:
         if _installed:
             return

@@ -8,11 +8,13 @@ v1), or plain HTTP where the point is concurrency.
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from conftest import FaultProxy, make_tar, ml_v1, upload_dir, upload_file
+from sklearn.base import BaseEstimator
 
 # A churn routine that reads `instances` as one customer's row of values, the way some
 # routines built `pd.DataFrame([instances], columns=...)`, so a request holding one
@@ -193,3 +195,226 @@ def test_a_framework_named_by_the_v1_enum_serves_and_is_reported(function, churn
     (shim,) = fn.version_status()["compatibility"]
     assert shim == {"shim": "framework spelling", "detail": "'SCIKIT_LEARN' read as scikit-learn"}
     assert "compatibility shim (framework spelling)" in fn.log()
+
+
+# A census routine in the shape of AI Platform's scikit-learn pipeline samples: custom
+# transformers that keep what fit learnt in attributes without a trailing underscore
+# (`self.values`), served both as a framework model with the package and by a predictor
+# that unpickles the pipeline itself. scikit-learn 0.20 never asked if a step was fitted.
+TRANSFORMS = """
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class PositionalSelector(BaseEstimator, TransformerMixin):
+    def __init__(self, positions, numbers=False):
+        self.positions = positions
+        self.numbers = numbers
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        picked = np.asarray(X, dtype=object)[:, self.positions]
+        return picked.astype(float) if self.numbers else picked
+
+
+class StripString(BaseEstimator, TransformerMixin):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return np.vectorize(lambda v: str(v).strip())(X)
+
+
+class SimpleOneHotEncoder(BaseEstimator, TransformerMixin):
+    def fit(self, X, y=None):
+        self.values = [sorted(set(X[:, c])) for c in range(X.shape[1])]
+        return self
+
+    def transform(self, X):
+        columns = []
+        for c, known in enumerate(self.values):
+            columns.append(np.array([[v == k for k in known] for v in X[:, c]], dtype=float))
+        return np.hstack(columns)
+"""
+
+PREDICTOR = """
+import os
+import pickle
+
+import numpy as np
+
+
+class CensusPredictor(object):
+    def __init__(self, model):
+        self._model = model
+
+    @classmethod
+    def from_path(cls, model_dir):
+        with open(os.path.join(model_dir, "model.pkl"), "rb") as f:
+            return cls(pickle.load(f))
+
+    def predict(self, instances, **kwargs):
+        return self._model.predict_proba(np.asarray(instances, dtype=object)).tolist()
+"""
+
+TRAIN = """
+import json, pickle, sys
+import joblib
+import numpy as np
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import StandardScaler
+sys.path.insert(0, sys.argv[1])
+from custom_transforms import PositionalSelector, SimpleOneHotEncoder, StripString
+
+rng = np.random.default_rng(5)
+jobs, schools = [" Private", " State-gov", " Self-emp"], [" Bachelors", " HS-grad"]
+rows = [[int(rng.integers(18, 80)), int(rng.integers(10, 60)), str(rng.choice(jobs)),
+         str(rng.choice(schools))] for _ in range(300)]
+labels = [(r[0] > 40) != (r[3] == " HS-grad") for r in rows]
+numeric = Pipeline([("select", PositionalSelector([0, 1], numbers=True)),
+                    ("scale", StandardScaler())])
+categorical = Pipeline([("select", PositionalSelector([2, 3])), ("strip", StripString()),
+                        ("encode", SimpleOneHotEncoder())])
+model = Pipeline([("union", FeatureUnion([("numeric", numeric), ("categorical", categorical)])),
+                  ("classifier", GradientBoostingClassifier(n_estimators=20, random_state=0))])
+model.fit(np.asarray(rows, dtype=object), labels)
+joblib.dump(model, sys.argv[2] + "/model.joblib")
+with open(sys.argv[2] + "/model.pkl", "wb") as f:
+    pickle.dump(model, f)
+# What the fitted pipeline predicts, asked as scikit-learn 0.20 would have: unchecked.
+for cls in (SimpleOneHotEncoder, StripString, PositionalSelector):
+    cls.__sklearn_is_fitted__ = lambda self: True
+instances = rows[:4]
+expected = {"instances": instances,
+            "classes": model.predict(np.asarray(instances, dtype=object)).tolist(),
+            "probabilities": model.predict_proba(np.asarray(instances, dtype=object)).tolist()}
+print(json.dumps(expected))
+"""
+
+
+@pytest.fixture(scope="module")
+def census(tmp_path_factory, module_bucket):
+    """The census pipeline, pickled where its package's module is importable, in the bucket."""
+    import json
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("census")
+    source = tmp / "source"
+    source.mkdir()
+    (source / "custom_transforms.py").write_text(TRANSFORMS)
+    (tmp / "model").mkdir()
+    trained = subprocess.run(
+        [sys.executable, "-c", TRAIN, str(source), str(tmp / "model")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    setup = "from setuptools import setup\nsetup(name='census', version='0.1', "
+    setup += "scripts=['custom_transforms.py', 'predictor.py'])\n"
+    files = {
+        "census-0.1/setup.py": setup,
+        "census-0.1/custom_transforms.py": TRANSFORMS,
+        "census-0.1/predictor.py": PREDICTOR,
+    }
+    package = make_tar(tmp / "census-0.1.tar.gz", files)
+    return {
+        **json.loads(trained.stdout),
+        "origin": upload_dir(module_bucket, tmp / "model", "census/model"),
+        "package": upload_file(module_bucket, package, "census/census-0.1.tar.gz"),
+    }
+
+
+@pytest.mark.parametrize(
+    "served",
+    [
+        {"CPR_FRAMEWORK": "SCIKIT_LEARN"},  # model.joblib, no prediction class
+        {"CPR_PREDICTION_CLASS": "predictor.CensusPredictor"},  # unpickles model.pkl itself
+    ],
+    ids=["framework", "routine"],
+)
+def test_a_pipeline_of_custom_steps_predicts_as_it_did(function, census, tmp_path, served):
+    settings = {
+        "CPR_ORIGIN": census["origin"],
+        "CPR_PACKAGE_URIS": census["package"],
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        **served,
+    }
+    fn = function(settings)
+    body = {"instances": census["instances"]}
+    with ml_v1(fn.url) as ml:
+        answer = ml.projects().predict(name="projects/p/models/default", body=body).execute()
+    wanted = census["classes"] if "CPR_FRAMEWORK" in served else census["probabilities"]
+    np.testing.assert_allclose(np.asarray(answer["predictions"], float), wanted, rtol=1e-9)
+    shims = fn.version_status()["compatibility"]
+    fitted = {s["detail"].split()[0]: s["detail"] for s in shims if s["shim"] == "fitted check"}
+    assert sorted(fitted) == [
+        "custom_transforms.PositionalSelector",
+        "custom_transforms.SimpleOneHotEncoder",
+        "custom_transforms.StripString",
+    ]
+    assert "(its attributes: values)" in fitted["custom_transforms.SimpleOneHotEncoder"]
+    assert "compatibility shim (fitted check)" in fn.log()
+    # Without the compatibility layer, today's scikit-learn refuses the fitted pipeline.
+    bare = function({**settings, "CPR_LEGACY_COMPAT": "false"})
+    refused = bare.predict(body)
+    assert refused.status_code == 500
+    assert "NotFittedError: This Pipeline instance is not fitted yet" in refused.json()["error"]
+
+
+def test_check_reports_each_shim_a_model_needs(census, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run = subprocess.run(
+        [sys.executable, "-m", "cpr_function", "check", "--model-dir", census["origin"]]
+        + ["--package-uris", census["package"], "--framework", "SCIKIT_LEARN"]
+        + ["--instance", json.dumps(census["instances"][0])]
+        + ["--cache-dir", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert "  shim framework spelling: 'SCIKIT_LEARN' read as scikit-learn" in lines
+    fitted = [line.split()[3] for line in lines if line.startswith("  shim fitted check: ")]
+    assert sorted(fitted) == [f"custom_transforms.{n}" for n in ("PositionalSelector",
+        "SimpleOneHotEncoder", "StripString")]  # fmt: skip
+    assert [line.split()[:2] for line in lines if line.startswith("  ok ")][-1] == ["ok", "predict"]
+
+
+class _Kept(BaseEstimator):
+    """Keeps what fit learnt in an attribute without a trailing underscore."""
+
+    def fit(self, X=None, y=None):
+        self.values = [1, 2]
+        return self
+
+
+def test_only_unpickled_estimators_from_outside_scikit_learn_are_declared_fitted():
+    import pickle
+
+    from sklearn.exceptions import NotFittedError
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.utils.validation import check_is_fitted
+
+    from cpr_function import fitted
+
+    fitted.install()
+    built = _Kept().fit()
+    with pytest.raises(NotFittedError):
+        check_is_fitted(built)  # built in this process: scikit-learn's rule, untouched
+    loaded = pickle.loads(pickle.dumps(built))
+    check_is_fitted(loaded)
+    assert loaded.values == [1, 2] and loaded.get_params() == {}
+    again = pickle.loads(pickle.dumps(loaded))  # a declared estimator pickles again
+    check_is_fitted(again)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(pickle.loads(pickle.dumps(StandardScaler())))  # scikit-learn's own
