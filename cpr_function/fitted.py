@@ -22,54 +22,25 @@ and without importing scikit-learn: the hook waits until something imports it.
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.machinery
-import sys
 import threading
 
-from . import shims
+from . import onimport, shims
 
-_MODULE = "sklearn.base"
 _lock = threading.Lock()
-_patched = False
+_installed = False
 
 
 def install() -> None:
     """Patches `BaseEstimator.__setstate__` now, or once `sklearn.base` is first imported."""
+    global _installed
     with _lock:
-        if _patched:
+        if _installed:
             return
-        module = sys.modules.get(_MODULE)
-        if module is not None:
-            _patch(module)
-        elif not any(isinstance(f, _OnImport) for f in sys.meta_path):
-            sys.meta_path.insert(0, _OnImport())
-
-
-class _OnImport(importlib.abc.MetaPathFinder):
-    """Finds `sklearn.base` as the path finder would, and patches it once it has run."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != _MODULE:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        if spec is None or spec.loader is None:
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            with _lock:
-                _patch(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
+        _installed = True
+    onimport.after("sklearn.base", _patch)
 
 
 def _patch(module) -> None:
-    global _patched
-    if _patched:
-        return
     estimator = module.BaseEstimator
     original = estimator.__setstate__
 
@@ -79,7 +50,6 @@ def _patch(module) -> None:
 
     __setstate__.__wrapped__ = original
     estimator.__setstate__ = __setstate__
-    _patched = True
 
 
 def _declare_if_unmarked(estimator) -> None:

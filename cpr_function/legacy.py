@@ -27,51 +27,13 @@ MODULE_ALIASES = {
     "sklearn.externals.six": "six",
 }
 
-_NUMPY_ALIASES = {
-    "float": float,
-    "int": int,
-    "bool": bool,
-    "object": object,
-    "str": str,
-    "complex": complex,
-    "unicode": str,
-}
-
-_COLLECTIONS_ABCS = [
-    "Awaitable",
-    "Coroutine",
-    "AsyncIterable",
-    "AsyncIterator",
-    "AsyncGenerator",
-    "Hashable",
-    "Iterable",
-    "Iterator",
-    "Generator",
-    "Reversible",
-    "Sized",
-    "Container",
-    "Callable",
-    "Collection",
-    "Set",
-    "MutableSet",
-    "Mapping",
-    "MutableMapping",
-    "MappingView",
-    "KeysView",
-    "ItemsView",
-    "ValuesView",
-    "Sequence",
-    "MutableSequence",
-    "ByteString",
-]
-
 
 def install() -> None:
-    """Puts the removed names back, and lets old estimators be fitted; safe to call again."""
+    """Puts the removed modules and names back, and lets old estimators be fitted; safe to
+    call more than once."""
     global _installed
-    from . import fitted
+    from . import fitted, removed
 
-    fitted.install()
     with _lock:
         if _installed:
             return
@@ -80,8 +42,8 @@ def install() -> None:
         # only a fallback for names that no longer exist.
         sys.meta_path.insert(0, _AliasFinder(_renamed))
         sys.meta_path.append(_AliasFinder(_made_private))
-        _restore_stdlib()
-        _restore_numpy()
+        removed.install()
+        fitted.install()
         _installed = True
 
 
@@ -134,50 +96,6 @@ def _made_private(fullname: str) -> str | None:
     if parent.startswith("sklearn") and leaf and not leaf.startswith("_"):
         return f"{parent}._{leaf}"
     return None
-
-
-def _restore_stdlib() -> None:
-    import base64
-    import collections
-    import collections.abc
-    import fractions
-    import inspect
-    import math
-    import time
-
-    for name in _COLLECTIONS_ABCS:
-        if not hasattr(collections, name) and hasattr(collections.abc, name):
-            setattr(collections, name, getattr(collections.abc, name))
-    _set_missing(time, "clock", time.perf_counter)
-    _set_missing(base64, "encodestring", base64.encodebytes)
-    _set_missing(base64, "decodestring", base64.decodebytes)
-    _set_missing(fractions, "gcd", math.gcd)
-    if not hasattr(inspect, "getargspec"):
-        inspect.getargspec = _getargspec
-
-
-def _getargspec(func):
-    import collections
-    import inspect
-
-    spec = inspect.getfullargspec(func)
-    arg_spec = collections.namedtuple("ArgSpec", "args varargs keywords defaults")
-    return arg_spec(spec.args, spec.varargs, spec.varkw, spec.defaults)
-
-
-def _restore_numpy() -> None:
-    try:
-        import numpy
-    except ImportError:
-        return
-    for name, value in _NUMPY_ALIASES.items():
-        if name not in vars(numpy):
-            setattr(numpy, name, value)
-
-
-def _set_missing(module, name, value) -> None:
-    if not hasattr(module, name):
-        setattr(module, name, value)
 
 
 def describe(exc: BaseException) -> str:

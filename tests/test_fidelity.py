@@ -418,3 +418,66 @@ def test_only_unpickled_estimators_from_outside_scikit_learn_are_declared_fitted
     check_is_fitted(again)
     with pytest.raises(NotFittedError):
         check_is_fitted(pickle.loads(pickle.dumps(StandardScaler())))  # scikit-learn's own
+
+
+# Names removed since 2019 that real routines used: pandas' as_matrix and pd.np, NumPy 2's
+# float_ and NaN, NumPy 1.23's asscalar.
+OLD_NAMES = """
+import numpy as np
+import pandas as pd
+
+
+class Scorer(object):
+    @classmethod
+    def from_path(cls, model_dir):
+        return cls()
+
+    def predict(self, instances, **kwargs):
+        rows = pd.DataFrame(instances).as_matrix().astype(np.float_)
+        rows[np.isnan(rows)] = pd.np.NaN
+        return [np.asscalar(row.sum()) for row in rows]
+"""
+
+
+def test_names_removed_since_2019_are_served_and_reported(function, module_bucket, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "README").write_text("nothing to load")
+    package = make_tar(tmp_path / "scorer-0.1.tar.gz", {"scorer-0.1/scorer.py": OLD_NAMES})
+    settings = {
+        "CPR_ORIGIN": upload_dir(module_bucket, model, "scorer/model"),
+        "CPR_PACKAGE_URIS": upload_file(module_bucket, package, "scorer/scorer-0.1.tar.gz"),
+        "CPR_PREDICTION_CLASS": "scorer.Scorer",
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    fn = function(settings)
+    answer = fn.predict({"instances": [[1, 2.5], [3, 4]]})
+    assert answer.json() == {"predictions": [3.5, 7.0]}
+    noted = [s["detail"] for s in fn.version_status()["compatibility"]]
+    assert noted == [
+        "DataFrame.as_matrix (removed in pandas 1.0) is .values",
+        "numpy.float_ (removed in NumPy 2.0) is numpy.float64",
+        "pandas.np (removed in pandas 2.0) is numpy",
+        "numpy.NaN (removed in NumPy 2.0) is numpy.nan",
+        "numpy.asscalar (removed in NumPy 1.23) is array.item()",
+    ]
+    # Without the compatibility layer the first of them fails, as it does on today's pandas.
+    bare = function({**settings, "CPR_LEGACY_COMPAT": "false"})
+    refused = bare.predict({"instances": [[1, 2.5]]})
+    assert refused.status_code == 500
+    assert "'DataFrame' object has no attribute 'as_matrix'" in refused.json()["error"]
+
+
+def test_a_name_that_was_never_there_is_still_an_attribute_error():
+    import numpy
+
+    from cpr_function import legacy
+
+    legacy.install()
+    assert numpy.float_ is numpy.float64
+    with pytest.raises(AttributeError, match="has no attribute 'float128_never'"):
+        numpy.float128_never  # noqa: B018
+    with pytest.raises(AttributeError, match="module 'time' has no attribute 'tick'"):
+        import time
+
+        time.tick  # noqa: B018
