@@ -28,6 +28,29 @@ MODULE_ALIASES = {
 }
 
 
+# scikit-learn 0.22 made its modules private; these took another name than `_<old name>`
+# (from 0.22's own list of deprecated module paths), and CCA has moved into `_pls` since.
+SKLEARN_RENAMED = {
+    "sklearn.tree.tree": "sklearn.tree._classes",
+    "sklearn.ensemble.gradient_boosting": "sklearn.ensemble._gb",
+    "sklearn.cluster.affinity_propagation_": "sklearn.cluster._affinity_propagation",
+    "sklearn.cluster.dbscan_": "sklearn.cluster._dbscan",
+    "sklearn.cluster.hierarchical": "sklearn.cluster._agglomerative",
+    "sklearn.cluster.k_means_": "sklearn.cluster._kmeans",
+    "sklearn.cluster.mean_shift_": "sklearn.cluster._mean_shift",
+    "sklearn.cluster.optics_": "sklearn.cluster._optics",
+    "sklearn.covariance.empirical_covariance_": "sklearn.covariance._empirical_covariance",
+    "sklearn.covariance.shrunk_covariance_": "sklearn.covariance._shrunk_covariance",
+    "sklearn.covariance.graph_lasso_": "sklearn.covariance._graph_lasso",
+    "sklearn.cross_decomposition.cca_": "sklearn.cross_decomposition._pls",
+    "sklearn.cross_decomposition.pls_": "sklearn.cross_decomposition._pls",
+    "sklearn.decomposition.fastica_": "sklearn.decomposition._fastica",
+    "sklearn.decomposition.online_lda": "sklearn.decomposition._lda",
+    "sklearn.feature_extraction.hashing": "sklearn.feature_extraction._hash",
+    "sklearn.manifold.spectral_embedding_": "sklearn.manifold._spectral_embedding",
+}
+
+
 def install() -> None:
     """Puts the removed modules and names back, and lets old estimators be fitted; safe to
     call more than once."""
@@ -91,7 +114,11 @@ def _renamed(fullname: str) -> str | None:
 
 
 def _made_private(fullname: str) -> str | None:
-    """`sklearn.ensemble.forest` -> `sklearn.ensemble._forest` (private since 0.22)."""
+    """`sklearn.ensemble.forest` -> `sklearn.ensemble._forest` (private since 0.22), and the
+    modules 0.22 renamed otherwise (`sklearn.tree.tree` -> `sklearn.tree._classes`)."""
+    moved = SKLEARN_RENAMED.get(fullname)
+    if moved is not None:
+        return moved
     parent, _, leaf = fullname.rpartition(".")
     if parent.startswith("sklearn") and leaf and not leaf.startswith("_"):
         return f"{parent}._{leaf}"

@@ -132,3 +132,68 @@ def test_what_cannot_run_says_what_to_change(function, tmp_path, legacy_model_di
     assert answer.status_code == 500
     assert answer.json()["error"].startswith("importing prediction class predictor.LegacyPredictor")
     assert message in answer.json()["error"]
+
+
+# Old module paths (scikit-learn 0.20/0.21) and a class each must hold when imported again.
+OLD_PATHS = {
+    "sklearn.tree.tree": "DecisionTreeClassifier",
+    "sklearn.ensemble.forest": "RandomForestClassifier",
+    "sklearn.ensemble.gradient_boosting": "GradientBoostingClassifier",
+    "sklearn.ensemble.weight_boosting": "AdaBoostClassifier",
+    "sklearn.linear_model.logistic": "LogisticRegression",
+    "sklearn.linear_model.stochastic_gradient": "SGDClassifier",
+    "sklearn.preprocessing.data": "StandardScaler",
+    "sklearn.preprocessing.label": "LabelEncoder",
+    "sklearn.svm.classes": "SVC",
+    "sklearn.neighbors.classification": "KNeighborsClassifier",
+    "sklearn.cluster.k_means_": "KMeans",
+    "sklearn.cluster.dbscan_": "DBSCAN",
+    "sklearn.cluster.hierarchical": "FeatureAgglomeration",
+    "sklearn.cluster.affinity_propagation_": "AffinityPropagation",
+    "sklearn.cluster.mean_shift_": "MeanShift",
+    "sklearn.cluster.optics_": "OPTICS",
+    "sklearn.covariance.empirical_covariance_": "EmpiricalCovariance",
+    "sklearn.covariance.shrunk_covariance_": "ShrunkCovariance",
+    "sklearn.covariance.graph_lasso_": "GraphicalLasso",
+    "sklearn.cross_decomposition.cca_": "CCA",
+    "sklearn.cross_decomposition.pls_": "PLSSVD",
+    "sklearn.decomposition.fastica_": "FastICA",
+    "sklearn.decomposition.online_lda": "LatentDirichletAllocation",
+    "sklearn.decomposition.pca": "PCA",
+    "sklearn.feature_extraction.hashing": "FeatureHasher",
+    "sklearn.manifold.spectral_embedding_": "SpectralEmbedding",
+    "sklearn.neural_network.multilayer_perceptron": "MLPClassifier",
+}
+
+
+@pytest.mark.parametrize("old,holds", OLD_PATHS.items())
+def test_every_module_path_scikit_learn_made_private_imports_its_classes(old, holds):
+    import importlib
+
+    from cpr_function import legacy
+
+    legacy.install()
+    assert hasattr(importlib.import_module(old), holds)
+
+
+def test_a_tree_pickled_under_sklearn_tree_tree_is_served(function, tmp_path):
+    # Before 0.22 a decision tree pickled as sklearn.tree.tree.DecisionTreeClassifier; the
+    # fallback to sklearn.tree._tree (the Cython module) does not hold it.
+    code = (
+        "import pickle, sys; from sklearn.datasets import load_iris;"
+        "from sklearn.tree import DecisionTreeClassifier;"
+        "x, y = load_iris(return_X_y=True);"
+        "m = DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y);"
+        "sys.stdout.buffer.write(pickle.dumps(m, protocol=2))"
+    )
+    modern = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    old = modern.replace(b"sklearn.tree._classes\n", b"sklearn.tree.tree\n")
+    assert old != modern
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.pkl").write_bytes(old)
+    fn = function({"CPR_ORIGIN": str(tmp_path / "model"), "CPR_CACHE_DIR": str(tmp_path / "c")})
+    answer = fn.predict({"instances": IRIS})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == pickle.loads(modern).predict(IRIS).tolist()
+    shims = [s["detail"] for s in fn.version_status()["compatibility"]]
+    assert "sklearn.tree.tree (gone from today's libraries) is sklearn.tree._classes" in shims
