@@ -55,7 +55,7 @@ def install() -> None:
     """Puts the removed modules and names back, and lets old estimators be fitted; safe to
     call more than once."""
     global _installed
-    from . import fitted, removed
+    from . import removed, unpickling
 
     with _lock:
         if _installed:
@@ -66,7 +66,7 @@ def install() -> None:
         sys.meta_path.insert(0, _AliasFinder(_renamed))
         sys.meta_path.append(_AliasFinder(_made_private))
         removed.install()
-        fitted.install()
+        unpickling.install()
         _installed = True
 
 

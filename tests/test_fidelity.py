@@ -405,9 +405,9 @@ def test_only_unpickled_estimators_from_outside_scikit_learn_are_declared_fitted
     from sklearn.preprocessing import StandardScaler
     from sklearn.utils.validation import check_is_fitted
 
-    from cpr_function import fitted
+    from cpr_function import unpickling
 
-    fitted.install()
+    unpickling.install()
     built = _Kept().fit()
     with pytest.raises(NotFittedError):
         check_is_fitted(built)  # built in this process: scikit-learn's rule, untouched
