@@ -149,7 +149,10 @@ def _needs_frame(model: Any) -> bool:
     categorical = getattr(model, "is_categorical_", None)  # histogram gradient boosting's
     if categorical is not None and any(categorical):
         return True  # it encodes those columns by name, with an encoder fitted on the frame
-    return any(_holds_estimator(v) for v in model.get_params(deep=False).values())
+    # Each parameter as the model holds it, not get_params(): that raises on a model
+    # pickled before one of its parameters existed, which predicts all the same.
+    names = getattr(type(model), "_get_param_names", lambda: [])()
+    return any(_holds_estimator(getattr(model, name, None)) for name in names)
 
 
 def _holds_estimator(value: Any) -> bool:

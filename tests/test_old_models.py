@@ -1,0 +1,81 @@
+"""Model files written by the releases of AI Platform's years load and predict as they did.
+
+Files written by today's releases stand in where the difference is one the tests can
+make exactly (a parameter the writing release did not have yet); files written by the
+old releases themselves are in tests/fixtures/legacy/ (made once by its make_fixtures.py).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import pytest
+from conftest import IRIS
+
+# A forest as scikit-learn 1.1 pickled it: without the parameters added since (1.4's
+# monotonic_cst, 1.2's ... ), its version recorded in each estimator's state.
+OLD_FOREST = """
+import json, pickle, sys
+import sklearn
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+
+x, y = load_iris(return_X_y=True)
+model = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(x, y)
+for estimator in [model, *model.estimators_]:
+    for name in ("monotonic_cst", "max_samples", "ccp_alpha"):
+        if name in vars(estimator):
+            delattr(estimator, name)
+data = pickle.dumps(model, protocol=4)
+version = sklearn.__version__.encode()
+assert len(version) == 5, version  # replaced in place by a release name of the same length
+with open(sys.argv[1], "wb") as f:
+    f.write(data.replace(version, b"1.1.3"))
+print(json.dumps(model.predict(json.loads(sys.argv[2])).tolist()))
+"""
+
+
+@pytest.fixture(scope="module")
+def old_forest(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("forest") / "model"
+    folder.mkdir()
+    made = subprocess.run(
+        [sys.executable, "-c", OLD_FOREST, str(folder / "model.pkl"), json.dumps(IRIS)],
+        capture_output=True,
+        check=True,
+    )
+    return folder, json.loads(made.stdout)
+
+
+def test_a_model_pickled_before_its_parameters_existed_is_served(function, old_forest, tmp_path):
+    folder, expected = old_forest
+    fn = function({"CPR_ORIGIN": str(folder), "CPR_CACHE_DIR": str(tmp_path / "cache")})
+    answer = fn.predict({"instances": IRIS})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"predictions": expected}
+    upgrades = [s["detail"] for s in fn.version_status()["compatibility"]]
+    upgrades = [d for d in upgrades if d.startswith("RandomForestClassifier was pickled")]
+    assert upgrades == [
+        "RandomForestClassifier was pickled by scikit-learn 1.1.3, before these parameters "
+        "existed; set to the values that keep its behaviour: ccp_alpha=0.0, "
+        "max_samples=None, monotonic_cst=None"
+    ]
+
+
+def test_get_params_answers_on_such_a_model_once_unpickled_in_a_deployment(old_forest):
+    from cpr_function import legacy
+
+    data = (old_forest[0] / "model.pkl").read_bytes()
+    legacy.install()
+    with pytest.warns(Warning):  # scikit-learn's own: another release wrote it
+        model = pickle.loads(data)
+    params = model.get_params()
+    assert (params["monotonic_cst"], params["ccp_alpha"], params["max_samples"]) == (
+        None,
+        0.0,
+        None,
+    )
+    assert model.estimators_[0].get_params()["monotonic_cst"] is None
