@@ -8,10 +8,14 @@ when a model of its kind is loaded.
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 from ..errors import LoadError
 from ..predictor import Servable
+from . import provenance
+
+log = logging.getLogger(__name__)
 
 # The files each framework's model is saved as, in order of preference.
 WELLKNOWN_MODEL_FILENAMES = {
@@ -25,6 +29,14 @@ _ADAPTERS = {
     "xgboost": "estimators",
     "tensorflow": "savedmodel",
     "mlflow": "pyfunc",
+}
+# The packages each adapter imports: missing, they are for requirements.txt. Any other
+# module missing while loading is one the model file names.
+_RUNTIMES = {
+    "scikit-learn": {"sklearn", "joblib"},
+    "xgboost": {"xgboost", "sklearn", "joblib"},
+    "tensorflow": {"tensorflow"},
+    "mlflow": {"mlflow"},
 }
 # Which framework a file names when the framework is not configured; first found wins.
 _DETECTED_BY = (
@@ -74,15 +86,17 @@ def load(model_dir: Path, framework: str | None) -> Servable:
     except LoadError:
         raise
     except ImportError as exc:
+        if exc.name not in _RUNTIMES[framework]:
+            raise LoadError(provenance.load_failed(framework, path, exc)) from exc
         raise LoadError(
             f"serving a {framework} model needs the {exc.name or framework} package, which is "
             f"not installed: add it to requirements.txt (requirements-frameworks.txt lists "
             f"the tested releases)"
         ) from exc
     except Exception as exc:
-        raise LoadError(
-            f"loading {path.name} as a {framework} model failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        # The whole error, a native stack included, for the log; the message has its first line.
+        log.info("loading %s as a %s model failed", path, framework, exc_info=exc)
+        raise LoadError(provenance.load_failed(framework, path, exc)) from exc
 
 
 def _files(model_dir: Path) -> list[str]:
