@@ -55,7 +55,7 @@ def install() -> None:
     """Puts the removed modules and names back, and lets old estimators be fitted; safe to
     call more than once."""
     global _installed
-    from . import removed, unpickling
+    from . import removed, unpickling, xgboost_pickles
 
     with _lock:
         if _installed:
@@ -67,6 +67,7 @@ def install() -> None:
         sys.meta_path.append(_AliasFinder(_made_private))
         removed.install()
         unpickling.install()
+        xgboost_pickles.install()
         _installed = True
 
 

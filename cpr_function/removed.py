@@ -91,6 +91,7 @@ def install() -> None:
     else:
         serve(numpy, _numpy())
     onimport.after("pandas", _pandas)
+    onimport.after("xgboost.compat", _xgboost)
 
 
 def serve(module: ModuleType, names: dict[str, Entry]) -> None:
@@ -120,6 +121,15 @@ def _pandas(pandas: ModuleType) -> None:
     for cls in (pandas.DataFrame, pandas.Series):
         if not hasattr(cls, "as_matrix"):
             cls.as_matrix = _as_matrix
+
+
+def _xgboost(compat: ModuleType) -> None:
+    """XGBoost 1.6 removed the label encoder its scikit-learn models pickled (`_le`): a
+    LabelEncoder that only added JSON methods, so today's LabelEncoder reads its state."""
+    serve(
+        compat,
+        {"XGBoostLabelEncoder": _named("XGBoost 1.6", "sklearn.preprocessing.LabelEncoder")},
+    )
 
 
 def _as_matrix(self, columns=None):

@@ -11,21 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import shims
 from ..errors import BadRequest, LoadError
 from ..predictor import Routine
-from . import features
+from . import binary_booster, features, provenance
 from .features import ANY, CODE, NUMBER, Feature
 
 
 def load(path: Path) -> Routine:
     """Loads `model.bst` (an XGBoost Booster), or a pickled estimator (`.joblib`, `.pkl`)."""
     if path.suffix == ".bst":
+        data = path.read_bytes()
+        if binary_booster.is_binary(data):
+            return _Served(_Booster(_binary_booster(path.name, data)))
         import xgboost
 
         booster = xgboost.Booster()
         # From the bytes: XGBoost finds JSON or UBJSON itself, where from a file it warns
         # that it guesses the format from the name, which AI Platform fixed as model.bst.
-        booster.load_model(bytearray(path.read_bytes()))
+        booster.load_model(bytearray(data))
         return _Served(_Booster(booster))
     if path.suffix == ".joblib":
         import joblib
@@ -35,6 +39,42 @@ def load(path: Path) -> Routine:
 
     with open(path, "rb") as f:
         return _Served(_Estimator(pickle.load(f)))
+
+
+def _binary_booster(name: str, data: bytes):
+    """An `xgboost.Booster` from XGBoost's old binary format, through Treelite; the shim noted.
+
+    Raises:
+        LoadError: Treelite is not installed, or the model cannot be carried over.
+    """
+    written = binary_booster.release(data)
+    try:
+        booster = binary_booster.booster(data)
+    except ImportError as exc:
+        raise LoadError(
+            f"{name} is an XGBoost Booster in the binary format of XGBoost {written}, which "
+            "XGBoost 3.1 and later cannot read; serving it needs treelite: add treelite>=4.8 "
+            "to requirements.txt (requirements-frameworks.txt has it)"
+        ) from exc
+    except binary_booster.Unconvertible as exc:
+        raise LoadError(
+            f"{name} is an XGBoost Booster in the binary format of XGBoost {written}, and it "
+            f"cannot be carried over to today's XGBoost: {exc}. To fix: load it once with "
+            f"XGBoost {written} and save_model('model.json'), then rename that to model.bst"
+        ) from exc
+    except Exception as exc:
+        raise LoadError(
+            f"{name} is not JSON or UBJSON, so it should be an XGBoost Booster in the binary "
+            f"format of XGBoost before 2.0, and Treelite cannot read it either: "
+            f"{provenance.first_line(exc)}. To fix: load it once with the XGBoost release "
+            "that wrote it and save_model('model.json'), then rename that to model.bst"
+        ) from exc
+    shims.note(
+        shims.MODEL_CONVERSION,
+        f"{name} was written by XGBoost {written} in its binary format, which this XGBoost "
+        "cannot read: carried over to XGBoost's JSON model through Treelite",
+    )
+    return booster
 
 
 class _Served(Routine):
