@@ -19,6 +19,19 @@ own call would miss.
   is set to its default, which is the behaviour from before it existed; a renamed
   one takes the value of its old name.
 
+- **Trees of releases before 1.3 and 1.4.** A tree's node array gained a field in
+  1.3 (`missing_go_to_left`), which today's `Tree.__setstate__` demands: an old
+  array is carried over with it. Those releases refused missing values in trees,
+  and so does a converted tree (rather than send them down a branch they never
+  took). Before 1.4 a classifier's tree kept class counts where today's keeps
+  fractions, which `predict_proba` now returns as they are: they are divided by
+  their sums, as the old `predict_proba` did at each call.
+
+- **Gradient boosting of before 1.3.** Its pickle holds a loss object of
+  `sklearn.ensemble._gb_losses` (gone in 1.3), where today's models keep `_loss`.
+  The old object is read into a stand-in and replaced by today's loss of the same
+  name (the loss names renamed in 1.0 and 1.1 mapped: `deviance`, `ls`, `lad`).
+
 Estimators built in the process are left alone. Installed only with the legacy
 layer, that is for models loaded from a deployment, and without importing
 scikit-learn: the hook waits until something imports it.
@@ -43,6 +56,8 @@ def install() -> None:
             return
         _installed = True
     onimport.after("sklearn.base", _patch)
+    onimport.after("sklearn.tree", _patch_tree)
+    onimport.after("sklearn.ensemble", _stand_in_for_old_losses)
 
 
 def _patch(module) -> None:
@@ -54,6 +69,8 @@ def _patch(module) -> None:
         original(self, state)
         if type(self).__module__.split(".")[0] == "sklearn":
             _fill_parameters(self, written or "before 0.18")
+            _upgrade_tree(self, written or "before 0.18")
+            _upgrade_gradient_boosting(self, written or "before 0.18")
         else:
             _declare_if_unmarked(self)
 
@@ -84,10 +101,23 @@ def _declare_if_unmarked(estimator) -> None:
 _RENAMED = {("OneHotEncoder", "sparse_output"): "sparse"}
 
 
+# Attributes any ensemble renamed in 1.2 (the parameter and the fitted estimator it made).
+_RENAMED_ATTRIBUTES = {"estimator": "base_estimator", "estimator_": "base_estimator_"}
+
+
 def _fill_parameters(estimator, written: str) -> None:
     """Sets each parameter a pickle of scikit-learn's own estimator lacks to its default."""
     cls = type(estimator)
-    missing = [n for n, _ in _defaults(cls) if n not in vars(estimator)]
+    kept = vars(estimator)
+    for new, old in _RENAMED_ATTRIBUTES.items():
+        if old in kept and new not in kept:
+            setattr(estimator, new, kept[old])
+            shims.note(
+                shims.PICKLE_UPGRADE,
+                f"{cls.__qualname__} was pickled by scikit-learn {written}: its {old} is "
+                f"{new} since 1.2",
+            )
+    missing = [n for n, _ in _defaults(cls) if n not in kept]
     if not missing:
         return
     defaults = dict(_defaults(cls))
@@ -117,4 +147,144 @@ def _defaults(cls: type) -> tuple[tuple[str, object], ...]:
         if p.name != "self"
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         and p.default is not p.empty
+    )
+
+
+def _release(written: str) -> tuple[int, int]:
+    """`1.2.2` as (1, 2); a release that recorded none (before 0.18) as (0, 0)."""
+    parts = [p for p in written.split(".")[:2] if p.isdigit()]
+    return (int(parts[0]), int(parts[1])) if len(parts) == 2 else (0, 0)
+
+
+def _patch_tree(package) -> None:
+    """Pickles find a subclass of `Tree` under its name, which upgrades old node arrays;
+    `isinstance` and `issubclass` still see scikit-learn's own `Tree` as the same class.
+
+    Compiled modules that use `Tree`'s type (the tree builders, gradient boosting's
+    prediction) must have taken scikit-learn's own before the name is rebound: they
+    are imported first.
+    """
+    import copyreg
+    import importlib
+
+    module = package._tree
+    importlib.import_module("sklearn.ensemble._gradient_boosting")
+    base, node_dtype = module.Tree, module.NODE_DTYPE
+
+    class _SameAsTree(type(base)):
+        def __instancecheck__(cls, instance):
+            return isinstance(instance, base)
+
+        def __subclasscheck__(cls, subclass):
+            return issubclass(subclass, base)
+
+    class Tree(base, metaclass=_SameAsTree):
+        __slots__ = ()  # the size of scikit-learn's own, for compiled code that checks it
+
+        def __setstate__(self, state):
+            nodes = state.get("nodes") if isinstance(state, dict) else None
+            fields = getattr(getattr(nodes, "dtype", None), "names", None) or ()
+            if fields and "missing_go_to_left" not in fields:
+                state = {**state, "nodes": _nodes_of_today(nodes, node_dtype)}
+            base.__setstate__(self, state)
+
+    vtable = vars(base).get("__pyx_vtable__")
+    if vtable is not None:  # what a compiled module imported later looks the type up by
+        Tree.__pyx_vtable__ = vtable
+    Tree.__module__, Tree.__qualname__ = base.__module__, base.__qualname__
+
+    def reduce(tree):
+        # Pickled under the name `sklearn.tree._tree.Tree`, which pickle checks is the
+        # class it is given: now this one. Any release reads it back as its own Tree.
+        _, arguments, state = base.__reduce__(tree)
+        return Tree, arguments, state
+
+    copyreg.pickle(base, reduce)
+    copyreg.pickle(Tree, reduce)
+    module.Tree = Tree
+
+
+def _nodes_of_today(nodes, node_dtype):
+    """A node array of before 1.3 in today's layout: each field as it was, and no missing
+    value sent left (the estimator refuses them: `_upgrade_tree`)."""
+    import numpy
+
+    upgraded = numpy.zeros(nodes.shape, dtype=node_dtype)
+    for name in nodes.dtype.names:
+        upgraded[name] = nodes[name]
+    return upgraded
+
+
+def _upgrade_tree(estimator, written: str) -> None:
+    """A decision tree of before 1.3 refuses missing values, as it did; a classifier's tree
+    of before 1.4 holds fractions where it held class counts."""
+    tree = vars(estimator).get("tree_")
+    if tree is None or _release(written) >= (1, 4):
+        return
+    changed = []
+    if _release(written) < (1, 3):
+        estimator._support_missing_values = _refuses_missing
+        changed.append("refuses missing values, as it did")
+    if tree.max_n_classes > 1:
+        values = tree.value
+        sums = values.sum(axis=2, keepdims=True)
+        sums[sums == 0.0] = 1.0
+        values /= sums
+        changed.append("its class counts made fractions, as its predict_proba made them")
+    shims.note(
+        shims.PICKLE_UPGRADE,
+        f"the trees of a {type(estimator).__qualname__} pickled by scikit-learn {written}: "
+        + "; ".join(changed),
+    )
+
+
+def _refuses_missing(X) -> bool:
+    """What a tree of scikit-learn before 1.3 said: it takes no missing values."""
+    return False
+
+
+_GB_LOSSES = "sklearn.ensemble._gb_losses"
+# Loss names gradient boosting renamed (1.0, 1.1) and then stopped taking.
+_LOSS_NAMES = {"deviance": "log_loss", "ls": "squared_error", "lad": "absolute_error"}
+
+
+def _stand_in_for_old_losses(ensemble) -> None:
+    """A module under the old losses' name, whose every class takes what a pickle kept."""
+    import sys
+    import types
+
+    if _GB_LOSSES in sys.modules:
+        return
+    module = types.ModuleType(_GB_LOSSES, "Stand-ins for the losses scikit-learn 1.3 removed.")
+    made: dict[str, type] = {}
+
+    def __getattr__(name: str) -> type:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return made.setdefault(name, type(name, (_OldLoss,), {"__module__": _GB_LOSSES}))
+
+    module.__getattr__ = __getattr__
+    sys.modules[_GB_LOSSES] = module
+
+
+class _OldLoss:
+    """What a pickled loss object of scikit-learn before 1.3 held; replaced once read."""
+
+
+def _upgrade_gradient_boosting(estimator, written: str) -> None:
+    """Gives a gradient boosting model of before 1.3 today's loss object of its loss."""
+    # 0.21 to 1.0 kept it as loss_, 1.1 and 1.2 as _loss.
+    kept = {k: v for k, v in vars(estimator).items() if isinstance(v, _OldLoss)}
+    if not kept:
+        return
+    old = next(iter(kept.values()))
+    name = _LOSS_NAMES.get(estimator.loss, estimator.loss)
+    estimator.loss = name
+    vars(estimator).pop("loss_", None)
+    estimator._loss = estimator._get_loss(sample_weight=None)
+    shims.note(
+        shims.PICKLE_UPGRADE,
+        f"{type(estimator).__qualname__} pickled by scikit-learn {written} kept its loss as "
+        f"{type(old).__name__} of sklearn.ensemble._gb_losses (gone in 1.3): today's "
+        f"{type(estimator._loss).__name__} for loss={name!r}",
     )

@@ -11,6 +11,7 @@ import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import IRIS, REPO
@@ -126,7 +127,11 @@ def _written(code: str, *args: str) -> bytes:
 def test_a_model_that_cannot_load_says_who_wrote_it_and_what_to_do(function, tmp_path, case):
     if case == "native stack":
         folder = _model_dir(tmp_path, "model.bst", b"binf" + bytes(range(200)))
-        wanted = ["loading model.bst as a xgboost model failed: XGBoostError: "]
+        wanted = [
+            "model.bst is not JSON or UBJSON, so it should be an XGBoost Booster in the binary "
+            "format of XGBoost before 2.0, and Treelite cannot read it either: ",
+            "To fix: load it once with the XGBoost release that wrote it",
+        ]
     elif case == "class gone from scikit-learn":
         folder = _model_dir(tmp_path, "model.pkl", _written(IMPUTER_0_20))
         wanted = [
@@ -171,3 +176,149 @@ def test_a_model_that_cannot_load_says_who_wrote_it_and_what_to_do(function, tmp
     for part in wanted:
         assert part in failed
     assert "[bt]" not in check.stdout + check.stderr
+
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+
+
+def _fixtures(framework: str, file: str) -> list[Path]:
+    """The fixture folders of one framework's model files of one name, in release order."""
+    found = []
+    for expected in sorted(LEGACY.glob("*/*/expected.json")):
+        written = json.loads(expected.read_text())
+        if written["framework"] == framework and written["file"] == file:
+            found.append(expected.parent)
+    return found
+
+
+def _as_float32(values) -> list:
+    import numpy as np
+
+    return np.asarray(values, dtype=np.float32).tolist()
+
+
+BINARY_BOOSTERS = _fixtures("xgboost", "model.bst")
+OLD_FILES = sorted(
+    {
+        f
+        for framework in ("xgboost", "scikit-learn")
+        for name in ("model.bst", "model.pkl", "model.joblib")
+        for f in _fixtures(framework, name)
+    }  # fmt: skip
+)
+
+
+@pytest.fixture(scope="module")
+def old_files_served(tmp_path_factory):
+    """One function serving every fixture model file as a version of model `old`."""
+    from conftest import FunctionProcess
+
+    tmp = tmp_path_factory.mktemp("old")
+    versions = {f"{f.parent.name}-{f.name}".replace(".", "_"): f for f in OLD_FILES}
+    entries = {}
+    for version, folder in versions.items():
+        framework = json.loads((folder / "expected.json").read_text())["framework"]
+        entries[version] = {"origin": str(folder), "framework": framework}
+    models = {"models": {"old": {"default_version": next(iter(versions)), "versions": entries}}}
+    (tmp / "models.json").write_text(json.dumps(models))
+    env = {"CPR_MODELS": str(tmp / "models.json"), "CPR_CACHE_DIR": str(tmp / "cache")}
+    fn = FunctionProcess(env, tmp / "function.log").start()
+    yield fn, versions
+    fn.stop()
+
+
+def test_fixtures_cover_the_releases_of_ai_platforms_years():
+    releases = {f.parent.name for f in OLD_FILES}
+    assert {"xgboost-1.5.2", "xgboost-1.7.6", "scikit-learn-1.1.3"} <= releases, releases
+    kinds = " ".join(json.loads((f / "expected.json").read_text())["kind"] for f in OLD_FILES)
+    for kind in ("regression", "binary", "multi", "RandomForest", "DecisionTree",
+                 "GradientBoosting", "Pipeline", "DataFrame", "XGBClassifier"):  # fmt: skip
+        assert kind.lower() in kinds.lower(), kind
+
+
+def _instances(expected: dict) -> list:
+    """The instances as rows, or as objects keyed by feature for a model fitted on a frame."""
+    columns = expected.get("columns")
+    # AI Platform's XGBoost server took rows only; scikit-learn kept names from 1.0 on.
+    if columns is None or expected["framework"] != "scikit-learn":
+        return expected["instances"]
+    if expected["writer"]["version"] < "1.0":
+        return expected["instances"]
+    return [dict(zip(columns, row, strict=True)) for row in expected["instances"]]
+
+
+def test_old_model_files_predict_what_the_writing_release_did(old_files_served):
+    import numpy as np
+
+    fn, versions = old_files_served
+    for version, folder in versions.items():
+        expected = json.loads((folder / "expected.json").read_text())
+        path = f"/v1/projects/p/models/old/versions/{version}:predict"
+        answer = fn.predict({"instances": _instances(expected)}, path=path)
+        assert answer.status_code == 200, (version, answer.text)
+        got, wanted = answer.json()["predictions"], expected["predictions"]
+        if "probabilities" in expected:  # a classifier: its classes exactly
+            assert got == wanted, version
+            body = {"instances": _instances(expected), "probabilities": True}
+            proba = fn.predict(body, path=path).json()["predictions"]
+            np.testing.assert_allclose(proba, expected["probabilities"], rtol=1e-6, err_msg=version)
+        else:
+            np.testing.assert_allclose(got, wanted, rtol=1e-6, err_msg=version)
+        shims = {s["shim"] for s in fn.version_status("old", version)["compatibility"]}
+        writer = expected["writer"]["version"]
+        if expected["file"] == "model.bst" or (
+            writer < "1.6" and expected["framework"] == "xgboost"
+        ):
+            assert "model conversion" in shims, version
+        if expected["framework"] == "scikit-learn" and writer < "1.3":
+            assert "pickle upgrade" in shims, version
+
+
+def test_a_converted_tree_refuses_missing_values_as_its_release_did(old_files_served):
+    fn, versions = old_files_served
+    version = next(v for v in versions if v.startswith("scikit-learn-1_1_3-random-forest-clas"))
+    expected = json.loads((versions[version] / "expected.json").read_text())
+    row = [None, *expected["instances"][0][1:]]
+    answer = fn.predict(
+        {"instances": [row]}, path=f"/v1/projects/p/models/old/versions/{version}:predict"
+    )
+    assert answer.status_code in (400, 500)
+    assert "NaN" in answer.json()["error"]["message"]
+
+
+def test_binary_boosters_are_carried_over_to_the_last_bit_from_1_3_on(old_files_served):
+    fn, versions = old_files_served
+    for version, folder in versions.items():
+        expected = json.loads((folder / "expected.json").read_text())
+        if expected["file"] != "model.bst":
+            continue
+        path = f"/v1/projects/p/models/old/versions/{version}:predict"
+        got = fn.predict({"instances": expected["instances"]}, path=path).json()["predictions"]
+        release = expected["writer"]["version"]
+        if release >= "1.3":
+            # Today's XGBoost sums the trees in the order 1.3 and later did: to the last bit.
+            assert _as_float32(got) == _as_float32(expected["predictions"]), version
+        status = fn.version_status("old", version)
+        (conversion,) = [s for s in status["compatibility"] if s["shim"] == "model conversion"]
+        written = "before 1.0" if release.startswith("0.") else release.rsplit(".", 1)[0]
+        assert f"written by XGBoost {written} in its binary format" in conversion["detail"]
+
+
+def test_an_old_classifier_answers_the_labels_its_encoder_kept():
+    # XGBoost 1.0 to 1.5 pickled a label encoder with its classifiers and answered its labels.
+    import numpy as np
+    from sklearn.preprocessing import LabelEncoder
+    from xgboost import XGBClassifier
+
+    from cpr_function import xgboost_pickles
+
+    xgboost_pickles.install()
+    rows = np.linspace(0, 1, 40).reshape(-1, 1)
+    model = XGBClassifier(n_estimators=5, max_depth=2).fit(rows, (rows[:, 0] > 0.5).astype(int))
+    indexes = model.predict(rows)  # today's: no encoder, class indexes
+    assert sorted(set(indexes.tolist())) == [0, 1]
+    model._le = LabelEncoder().fit(["no", "yes"])
+    assert model.predict(rows).tolist() == [["no", "yes"][i] for i in indexes]
+    assert model.classes_.tolist() == ["no", "yes"]
+    model._le = LabelEncoder().fit([0, 1])  # the indexes themselves: nothing to map
+    assert model.classes_.tolist() == [0, 1]
