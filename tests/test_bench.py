@@ -56,6 +56,10 @@ RUNS = {
         [rf"^{mode}\s.*heavy: none$" for mode in ("example", "single model", "models file")]
         + [r"^forwarding\s.*heavy: none$"],
     ),
+    "legacy_load": (
+        ["--rounds", "1"],
+        [rf"^{name} +[\d.]+ +[\d.]+ +{RATIO}" for name in ("booster-500", "forest-100")],
+    ),
     "mlflow_serve": (
         ["--seconds", "0.2", "--rounds", "1"],
         [rf"^ +{n} +{c} +{RATIO}" for n in (1, 100) for c in (1, 8)],
