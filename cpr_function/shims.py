@@ -31,6 +31,7 @@ FITTED_CHECK = "fitted check"
 LEGACY_IMPORT = "legacy import"
 PICKLE_UPGRADE = "pickle upgrade"
 MODEL_CONVERSION = "model conversion"
+MODEL_FILE = "model file"
 
 _ACTIVE: contextvars.ContextVar[Shims | None] = contextvars.ContextVar("cpr_shims", default=None)
 # Shims noted with no version's load running (a test calling the hooks directly): logged once.

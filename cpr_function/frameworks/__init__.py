@@ -82,7 +82,9 @@ def load(model_dir: Path, framework: str | None) -> Servable:
         )
     adapter = importlib.import_module(f"{__name__}.{_ADAPTERS[framework]}")
     try:
-        return adapter.load(path)
+        loaded = adapter.load(path)
+        provenance.note_writer(path)
+        return loaded
     except LoadError:
         raise
     except ImportError as exc:

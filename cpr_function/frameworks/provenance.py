@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .. import shims
+
 # The key scikit-learn stores in each estimator's pickled state, then its value nearby
 # (whatever pickle protocol wrote the string).
 _SKLEARN_VERSION = re.compile(rb"_sklearn_version.{1,12}?(\d+\.\d+(?:\.\d+)?(?:\.?post\d+)?)", re.S)
@@ -23,6 +25,23 @@ def sklearn_release(path: Path) -> str | None:
         head = f.read(4 << 20)  # each estimator records it; the first is near the start
     found = _SKLEARN_VERSION.search(head)
     return found.group(1).decode() if found else None
+
+
+def note_writer(path: Path) -> None:
+    """Notes the scikit-learn release that wrote a pickle, when it is not the one installed
+    here: `check` and `GET /` then say which release wrote the model file."""
+    if path.suffix not in (".pkl", ".joblib"):
+        return
+    written = sklearn_release(path)
+    if written is None:
+        return
+    import sklearn
+
+    if written != sklearn.__version__:
+        shims.note(
+            shims.MODEL_FILE,
+            f"{path.name} was written by scikit-learn {written}; this runs {sklearn.__version__}",
+        )
 
 
 def first_line(exc: BaseException) -> str:
