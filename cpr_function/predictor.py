@@ -214,13 +214,27 @@ def construct(cls: type, model_dir: Path, shims: Shims | None = None) -> Servabl
     try:
         predictor = cls.from_path(str(model_dir))
     except (Exception, SystemExit) as exc:
-        raise LoadError(f"{name}.from_path failed: {legacy.describe(exc)}") from exc
+        hint = _keras_hint(exc, model_dir)
+        raise LoadError(f"{name}.from_path failed: {legacy.describe(exc)}{hint}") from exc
     if not callable(getattr(predictor, "predict", None)):
         raise LoadError(
             f"{name}.from_path must return an object with "
             f"predict(); it returned {type(predictor).__name__}"
         )
     return Routine(predictor, shims)
+
+
+def _keras_hint(exc: BaseException, model_dir: Path) -> str:
+    """Which Keras wrote the model's files, and what to do, when Keras failed on them."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not any("/keras/" in f.filename or "/tensorflow/" in f.filename for f in frames):
+        return ""
+    from .frameworks import keras_files
+
+    found = keras_files.advice(Path(model_dir))
+    return f"; {found}" if found else ""
 
 
 def _count(predictions: Any) -> int | None:

@@ -264,8 +264,12 @@ def test_old_model_files_predict_what_the_writing_release_did(old_files_served):
             np.testing.assert_allclose(proba, expected["probabilities"], rtol=1e-6, err_msg=version)
         else:
             np.testing.assert_allclose(got, wanted, rtol=1e-6, err_msg=version)
-        shims = {s["shim"] for s in fn.version_status("old", version)["compatibility"]}
+        noted = fn.version_status("old", version)["compatibility"]
+        shims = {s["shim"] for s in noted}
         writer = expected["writer"]["version"]
+        if expected["framework"] == "scikit-learn":  # GET / and check say who wrote it
+            said = f"{expected['file']} was written by scikit-learn {writer}; this runs "
+            assert any(s["detail"].startswith(said) for s in noted), version
         if expected["file"] == "model.bst" or (
             writer < "1.6" and expected["framework"] == "xgboost"
         ):
@@ -322,3 +326,99 @@ def test_an_old_classifier_answers_the_labels_its_encoder_kept():
     assert model.classes_.tolist() == ["no", "yes"]
     model._le = LabelEncoder().fit([0, 1])  # the indexes themselves: nothing to map
     assert model.classes_.tolist() == [0, 1]
+
+
+# A routine of 2019 loading the .h5 file Keras 2.2.4 wrote for it, as its from_path did.
+KERAS_ROUTINE = """
+import os
+
+import numpy as np
+import tensorflow as tf
+
+
+class KerasPredictor(object):
+    def __init__(self, model):
+        self._model = model
+
+    @classmethod
+    def from_path(cls, model_dir):
+        return cls(tf.keras.models.load_model(os.path.join(model_dir, "model.h5")))
+
+    def predict(self, instances, **kwargs):
+        return self._model.predict(np.asarray(instances)).tolist()
+"""
+
+
+def _keras_2_2_4_h5(path: Path) -> None:
+    """A Sequential of one Dense layer laid out as Keras 2.2.4 saved it: its config a list."""
+    import h5py
+    import numpy as np
+
+    dense = {"name": "dense_1", "trainable": True, "batch_input_shape": [None, 4], "units": 1}
+    dense.update(dtype="float32", activation="linear", use_bias=True)
+    config = {"class_name": "Sequential", "config": [{"class_name": "Dense", "config": dense}]}
+    with h5py.File(path, "w") as f:
+        f.attrs.update(keras_version=b"2.2.4", backend=b"tensorflow")
+        f.attrs["model_config"] = json.dumps(config).encode()
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = [b"dense_1"]
+        layer = weights.create_group("dense_1")
+        layer.attrs["weight_names"] = [b"dense_1/kernel:0", b"dense_1/bias:0"]
+        layer.create_group("dense_1")["kernel:0"] = np.ones((4, 1), "float32")
+        layer["dense_1"]["bias:0"] = np.zeros((1,), "float32")
+
+
+def test_a_keras_2_file_keras_3_cannot_load_is_named_with_its_release(function, tmp_path):
+    from conftest import make_tar
+
+    model = tmp_path / "model"
+    model.mkdir()
+    _keras_2_2_4_h5(model / "model.h5")
+    package = make_tar(tmp_path / "k-0.1.tar.gz", {"k-0.1/keras_routine.py": KERAS_ROUTINE})
+    fn = function(
+        {
+            "CPR_ORIGIN": str(model),
+            "CPR_PACKAGE_URIS": str(package),
+            "CPR_PREDICTION_CLASS": "keras_routine.KerasPredictor",
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        }
+    )
+    answer = fn.predict({"instances": [[1, 2, 3, 4]]})
+    assert answer.status_code == 500
+    message = answer.json()["error"]
+    assert message.startswith(
+        "keras_routine.KerasPredictor.from_path failed: TypeError: pop expected at most 1 "
+        "argument, got 2; the model directory holds model.h5 (Keras 2.2.4), and tf.keras "
+        "here is Keras 3."
+    )
+    assert "To fix: save the model again with Keras 3" in message
+    assert "pin tensorflow<2.16" in message
+
+
+WRITERS = """
+import sys
+from pathlib import Path
+import tensorflow as tf
+sys.path.insert(0, sys.argv[2])
+from cpr_function.frameworks import keras_files
+
+root = Path(sys.argv[1])
+tf.saved_model.save(tf.Module(), str(root / "export" / "1"))
+(root / "export" / "1" / "keras_metadata.pb").write_bytes(b"")  # as Keras 2 saved it
+print(keras_files.writers(root))
+"""
+
+
+def test_a_savedmodel_says_which_tensorflow_and_keras_wrote_it(tmp_path):
+    from importlib import metadata
+
+    release = metadata.version("tensorflow-cpu")
+    done = subprocess.run(
+        [sys.executable, "-c", WRITERS, str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = done.stdout.strip().splitlines()[-1]
+    assert said == f"['export/1 (TensorFlow {release}, Keras 2)']"

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import BadRequest, LoadError
+from . import keras_files, provenance
 
 DEFAULT_SIGNATURE = "serving_default"
 # String outputs are sent as text, except those named so, which are sent as
@@ -41,7 +42,15 @@ def load(path: Path) -> SavedModel:
     """
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path.parent))
+    try:
+        loaded = tf.saved_model.load(str(path.parent))
+    except Exception as exc:
+        found = keras_files.advice(path.parent)
+        if found is None:
+            raise
+        raise LoadError(
+            f"loading the SavedModel failed: {provenance.first_line(exc)}; {found}"
+        ) from exc
     signatures = {name: Signature.of(name, f) for name, f in loaded.signatures.items()}
     if not signatures:
         raise LoadError(

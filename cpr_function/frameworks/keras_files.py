@@ -1,0 +1,99 @@
+"""Which Keras and TensorFlow wrote the model files in a directory, read without loading them.
+
+For load errors: Keras 3 (today's `tf.keras`) cannot load every file Keras 2 wrote, and
+its errors name neither. An `.h5` file records `keras_version`, a `.keras` archive its
+metadata, a SavedModel the TensorFlow that wrote it (and Keras 2's `keras_metadata.pb`
+when Keras wrote it).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+_H5 = (".h5", ".hdf5")
+_DEEPEST = 3  # folders below the model directory that are looked in
+
+
+def writers(model_dir: Path) -> list[str]:
+    """`model.h5 (Keras 2.2.4)`, `export/1 (TensorFlow 2.6.0, Keras 2)`, ...: what wrote
+    each Keras file and SavedModel in the directory, where the file says."""
+    found = []
+    for path in sorted(_files(model_dir)):
+        shown = path.relative_to(model_dir).as_posix()
+        if path.suffix in _H5:
+            version = _h5_keras_version(path)
+            found.append(f"{shown} (Keras {version or 'of unknown release'})")
+        elif path.suffix == ".keras":
+            version = _archive_keras_version(path)
+            found.append(f"{shown} (Keras {version or 'of unknown release'})")
+        elif path.name == "saved_model.pb":
+            folder = path.parent.relative_to(model_dir).as_posix()
+            written = _savedmodel_tensorflow(path)
+            keras = ", Keras 2" if (path.parent / "keras_metadata.pb").exists() else ""
+            found.append(f"{folder} (TensorFlow {written or 'of unknown release'}{keras})")
+    return found
+
+
+def advice(model_dir: Path) -> str | None:
+    """What to do when Keras failed on files an older Keras wrote; None when none did."""
+    found = writers(model_dir)
+    old = [w for w in found if "Keras 1." in w or "Keras 2" in w]
+    if not old:
+        return None
+    here = _installed_keras()
+    if not here.startswith("3"):
+        return None  # Keras 2 here: what failed is not the Keras 3 gap
+    return (
+        f"the model directory holds {', '.join(old)}, and tf.keras here is Keras {here}, "
+        "which cannot load every file Keras 2 wrote. To fix: save the model again with "
+        "Keras 3 (model.save('model.keras'), or model.export(path) for a SavedModel) and "
+        "load that, or pin tensorflow<2.16 (the last with Keras 2) in requirements.txt"
+    )
+
+
+def _files(model_dir: Path):
+    for path in model_dir.rglob("*"):
+        wanted = path.suffix in (*_H5, ".keras") or path.name == "saved_model.pb"
+        if wanted and len(path.relative_to(model_dir).parts) <= _DEEPEST and path.is_file():
+            yield path
+
+
+def _h5_keras_version(path: Path) -> str | None:
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            version = f.attrs.get("keras_version")
+    except Exception:  # noqa: BLE001 - not readable as HDF5: nothing to say
+        return None
+    return version.decode() if isinstance(version, bytes) else version and str(version)
+
+
+def _archive_keras_version(path: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("metadata.json")).get("keras_version")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _savedmodel_tensorflow(path: Path) -> str | None:
+    try:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        model = saved_model_pb2.SavedModel()
+        model.ParseFromString(path.read_bytes())
+        return model.meta_graphs[0].meta_info_def.tensorflow_version or None
+    except Exception:  # noqa: BLE001 - TensorFlow absent or the file unreadable
+        return None
+
+
+def _installed_keras() -> str:
+    try:
+        import keras
+
+        return keras.__version__
+    except Exception:  # noqa: BLE001 - no Keras at all
+        return "(not installed)"
