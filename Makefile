@@ -4,9 +4,10 @@ VENV ?= .venv
 PORT ?= 8080
 BIN := $(VENV)/bin
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt requirements-frameworks.txt
+$(BIN)/.installed: requirements.txt requirements-dev.txt requirements-frameworks.txt requirements-keras2.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-keras2.txt
 	touch $@
 
 .PHONY: serve test lint

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import batching, frameworks, gcpause, legacy, logs, packages, predictor
+from . import batching, frameworks, gcpause, keras2, legacy, logs, packages, predictor
 from .catalog import VersionSpec
 from .config import Config
 from .errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
@@ -210,6 +210,7 @@ class LazyModel:
             with self._phase("import"):
                 if config.legacy_compat:
                     legacy.install()
+                    keras2.choose(model_dir, self.shims)
                 provided = [m for p in unpacked for m in p.modules]
                 if self._claim is not None:
                     self._claim(spec, provided)

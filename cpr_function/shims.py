@@ -32,6 +32,7 @@ LEGACY_IMPORT = "legacy import"
 PICKLE_UPGRADE = "pickle upgrade"
 MODEL_CONVERSION = "model conversion"
 MODEL_FILE = "model file"
+KERAS_2 = "keras 2"
 
 _ACTIVE: contextvars.ContextVar[Shims | None] = contextvars.ContextVar("cpr_shims", default=None)
 # Shims noted with no version's load running (a test calling the hooks directly): logged once.

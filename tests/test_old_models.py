@@ -368,21 +368,50 @@ def _keras_2_2_4_h5(path: Path) -> None:
         layer["dense_1"]["bias:0"] = np.zeros((1,), "float32")
 
 
-def test_a_keras_2_file_keras_3_cannot_load_is_named_with_its_release(function, tmp_path):
+# A SavedModel that doubles its input, written by today's TensorFlow.
+DOUBLING = """
+import sys
+import tensorflow as tf
+
+class Doubling(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def serve(self, x):
+        return {"y": x * 2}
+
+module = Doubling()
+tf.saved_model.save(module, sys.argv[1], signatures={"serving_default": module.serve})
+"""
+
+
+@pytest.fixture
+def keras_routine(tmp_path):
+    """Settings serving a routine that loads the model.h5 of Keras 2.2.4 in from_path."""
     from conftest import make_tar
 
     model = tmp_path / "model"
     model.mkdir()
     _keras_2_2_4_h5(model / "model.h5")
     package = make_tar(tmp_path / "k-0.1.tar.gz", {"k-0.1/keras_routine.py": KERAS_ROUTINE})
-    fn = function(
-        {
-            "CPR_ORIGIN": str(model),
-            "CPR_PACKAGE_URIS": str(package),
-            "CPR_PREDICTION_CLASS": "keras_routine.KerasPredictor",
-            "CPR_CACHE_DIR": str(tmp_path / "cache"),
-        }
-    )
+    return {
+        "CPR_ORIGIN": str(model),
+        "CPR_PACKAGE_URIS": str(package),
+        "CPR_PREDICTION_CLASS": "keras_routine.KerasPredictor",
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+    }
+
+
+def test_a_routine_loading_a_keras_2_file_gets_keras_2(function, keras_routine):
+    fn = function(keras_routine)
+    answer = fn.predict({"instances": [[1, 2, 3, 4], [0, 0, 0, 0.5]]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"predictions": [[10.0], [0.5]]}  # a kernel of ones, no bias
+    (shim,) = [s for s in fn.version_status()["compatibility"] if s["shim"] == "keras 2"]
+    assert shim["detail"].startswith("model.h5 (Keras 2.2.4): tf.keras is Keras 2 (tf-keras 2.")
+
+
+def test_a_keras_2_file_keras_3_cannot_load_is_named_with_its_release(function, keras_routine):
+    # Without the compatibility layer, tf.keras is Keras 3, which fails on the file.
+    fn = function({**keras_routine, "CPR_LEGACY_COMPAT": "false"})
     answer = fn.predict({"instances": [[1, 2, 3, 4]]})
     assert answer.status_code == 500
     message = answer.json()["error"]
@@ -391,8 +420,38 @@ def test_a_keras_2_file_keras_3_cannot_load_is_named_with_its_release(function, 
         "argument, got 2; the model directory holds model.h5 (Keras 2.2.4), and tf.keras "
         "here is Keras 3."
     )
-    assert "To fix: save the model again with Keras 3" in message
-    assert "pin tensorflow<2.16" in message
+    assert "To fix: add tf-keras (Keras 2, of TensorFlow's release) to requirements.txt" in message
+
+
+def test_keras_2_after_keras_3_in_one_process_asks_for_a_process_of_its_own(
+    function, keras_routine, tmp_path
+):
+    # A SavedModel served first imports TensorFlow, with Keras 3, in the shared process.
+    subprocess.run([sys.executable, "-c", DOUBLING, str(tmp_path / "saved")], check=True)
+    versions = {
+        "saved": {"origin": str(tmp_path / "saved"), "framework": "tensorflow"},
+        "routine": {
+            "origin": keras_routine["CPR_ORIGIN"],
+            "package_uris": [keras_routine["CPR_PACKAGE_URIS"]],
+            "prediction_class": keras_routine["CPR_PREDICTION_CLASS"],
+        },
+    }
+    models = {"models": {"m": {"default_version": "saved", "versions": versions}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    env = {"CPR_MODELS": str(tmp_path / "models.json"), "CPR_ISOLATION": "none"}
+    fn = function({**env, "CPR_CACHE_DIR": keras_routine["CPR_CACHE_DIR"]})
+    assert fn.status()["models"]  # served
+    schema = fn.predict({"instances": [{}]}, path="/v1/projects/p/models/m/versions/saved:predict")
+    assert schema.status_code in (200, 400)  # loaded: TensorFlow is imported now
+    answer = fn.predict(
+        {"instances": [[1, 2, 3, 4]]}, path="/v1/projects/p/models/m/versions/routine:predict"
+    )
+    assert answer.status_code == 500
+    assert answer.json()["error"]["message"] == (
+        "model.h5 (Keras 2.2.4) need tf.keras to be Keras 2, but TensorFlow was already "
+        "imported in this process with Keras 3 for another version: serve this version in a "
+        "process of its own (CPR_ISOLATION=process)"
+    )
 
 
 WRITERS = """

@@ -36,6 +36,15 @@ def writers(model_dir: Path) -> list[str]:
     return found
 
 
+def keras_2_h5(model_dir: Path) -> list[str]:
+    """The `.h5` files in the directory that Keras 1 or 2 wrote, with their releases."""
+    return [
+        w
+        for w in writers(model_dir)
+        if w.endswith(")") and (" (Keras 1." in w or " (Keras 2." in w)
+    ]
+
+
 def advice(model_dir: Path) -> str | None:
     """What to do when Keras failed on files an older Keras wrote; None when none did."""
     found = writers(model_dir)
@@ -47,9 +56,10 @@ def advice(model_dir: Path) -> str | None:
         return None  # Keras 2 here: what failed is not the Keras 3 gap
     return (
         f"the model directory holds {', '.join(old)}, and tf.keras here is Keras {here}, "
-        "which cannot load every file Keras 2 wrote. To fix: save the model again with "
-        "Keras 3 (model.save('model.keras'), or model.export(path) for a SavedModel) and "
-        "load that, or pin tensorflow<2.16 (the last with Keras 2) in requirements.txt"
+        "which cannot load every file Keras 2 wrote. To fix: add tf-keras (Keras 2, of "
+        "TensorFlow's release) to requirements.txt, which a routine's .h5 files of Keras 2 "
+        "then load with; or save the model again with Keras 3 (model.save('model.keras'), "
+        "or model.export(path) for a SavedModel) and load that"
     )
 
 
