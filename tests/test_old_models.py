@@ -481,3 +481,45 @@ def test_a_savedmodel_says_which_tensorflow_and_keras_wrote_it(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     said = done.stdout.strip().splitlines()[-1]
     assert said == f"['export/1 (TensorFlow {release}, Keras 2)']"
+
+
+KERAS_2 = sorted(LEGACY.glob("tf-keras-*/*/expected.json"))
+
+
+def test_files_keras_2_wrote_predict_as_keras_2_did(function, tmp_path):
+    """Each .h5 loaded by a routine (a process each), and the SavedModel as a framework model."""
+    import numpy as np
+    from conftest import make_tar
+
+    assert len(KERAS_2) == 4, KERAS_2
+    routine = KERAS_ROUTINE
+    package = make_tar(tmp_path / "k-0.1.tar.gz", {"k-0.1/keras_routine.py": routine})
+    versions = {}
+    for expected in KERAS_2:
+        written = json.loads(expected.read_text())
+        name = expected.parent.name
+        if written["framework"] == "routine":
+            versions[name] = {
+                "origin": str(expected.parent),
+                "package_uris": [str(package)],
+                "prediction_class": "keras_routine.KerasPredictor",
+            }
+        else:
+            versions[name] = {"origin": str(expected.parent), "framework": "tensorflow"}
+    models = {"models": {"k": {"default_version": "sequential-h5", "versions": versions}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    fn = function(
+        {"CPR_MODELS": str(tmp_path / "models.json"), "CPR_CACHE_DIR": str(tmp_path / "cache")}
+    )
+    for expected in KERAS_2:
+        written = json.loads(expected.read_text())
+        name = expected.parent.name
+        path = f"/v1/projects/p/models/k/versions/{name}:predict"
+        answer = fn.predict({"instances": written["instances"]}, path=path)
+        assert answer.status_code == 200, (name, answer.text)
+        got = np.asarray(answer.json()["predictions"], dtype=float).reshape(-1)
+        wanted = np.asarray(written["predictions"], dtype=float).reshape(-1)
+        np.testing.assert_allclose(got, wanted, rtol=1e-6, err_msg=name)
+        if written["framework"] == "routine":
+            shims = fn.version_status("k", name)["compatibility"]
+            assert any(s["shim"] == "keras 2" for s in shims), (name, shims)
