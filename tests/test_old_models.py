@@ -314,9 +314,10 @@ def test_an_old_classifier_answers_the_labels_its_encoder_kept():
     from sklearn.preprocessing import LabelEncoder
     from xgboost import XGBClassifier
 
-    from cpr_function import xgboost_pickles
+    from cpr_function import legacy, xgboost_pickles
 
-    xgboost_pickles.install()
+    legacy.install()
+    xgboost_pickles.install()  # again: each class is patched once
     rows = np.linspace(0, 1, 40).reshape(-1, 1)
     model = XGBClassifier(n_estimators=5, max_depth=2).fit(rows, (rows[:, 0] > 0.5).astype(int))
     indexes = model.predict(rows)  # today's: no encoder, class indexes
