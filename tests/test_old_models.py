@@ -484,7 +484,7 @@ def test_a_savedmodel_says_which_tensorflow_and_keras_wrote_it(tmp_path):
     assert said == f"['export/1 (TensorFlow {release}, Keras 2)']"
 
 
-KERAS_2 = sorted(LEGACY.glob("tf-keras-*/*/expected.json"))
+KERAS_2 = sorted(LEGACY.glob("*keras-2.*/*/expected.json"))
 
 
 def test_files_keras_2_wrote_predict_as_keras_2_did(function, tmp_path):
@@ -492,13 +492,13 @@ def test_files_keras_2_wrote_predict_as_keras_2_did(function, tmp_path):
     import numpy as np
     from conftest import make_tar
 
-    assert len(KERAS_2) == 4, KERAS_2
+    assert len(KERAS_2) == 10, KERAS_2  # Keras 2.12 and tf-keras 2.21, five files each
     routine = KERAS_ROUTINE
     package = make_tar(tmp_path / "k-0.1.tar.gz", {"k-0.1/keras_routine.py": routine})
     versions = {}
     for expected in KERAS_2:
         written = json.loads(expected.read_text())
-        name = expected.parent.name
+        name = f"{expected.parent.parent.name}-{expected.parent.name}".replace(".", "_")
         if written["framework"] == "routine":
             versions[name] = {
                 "origin": str(expected.parent),
@@ -507,14 +507,14 @@ def test_files_keras_2_wrote_predict_as_keras_2_did(function, tmp_path):
             }
         else:
             versions[name] = {"origin": str(expected.parent), "framework": "tensorflow"}
-    models = {"models": {"k": {"default_version": "sequential-h5", "versions": versions}}}
+    models = {"models": {"k": {"default_version": next(iter(versions)), "versions": versions}}}
     (tmp_path / "models.json").write_text(json.dumps(models))
     fn = function(
         {"CPR_MODELS": str(tmp_path / "models.json"), "CPR_CACHE_DIR": str(tmp_path / "cache")}
     )
     for expected in KERAS_2:
         written = json.loads(expected.read_text())
-        name = expected.parent.name
+        name = f"{expected.parent.parent.name}-{expected.parent.name}".replace(".", "_")
         path = f"/v1/projects/p/models/k/versions/{name}:predict"
         answer = fn.predict({"instances": written["instances"]}, path=path)
         assert answer.status_code == 200, (name, answer.text)
