@@ -3,7 +3,8 @@
 The compatibility layer mends libraries a deployment may never use (pandas,
 scikit-learn); importing them to mend them would add their import time to every
 cold start. `after(name, patch)` patches a module already imported at once, and
-otherwise when the import system has executed it.
+otherwise when the import system has executed it. Each patch runs once per module,
+however often it is asked for.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ Patch = Callable[[ModuleType], None]
 
 _lock = threading.Lock()
 _waiting: dict[str, list[Patch]] = {}
+_asked: set[tuple[str, Patch]] = set()
 _finder: _Finder | None = None
 
 
 def after(name: str, patch: Patch) -> None:
-    """Calls `patch(module)` once module `name` is imported: now, if it already is."""
+    """Calls `patch(module)` once module `name` is imported: now, if it already is; a
+    patch already asked for with that module is not run again."""
     global _finder
     with _lock:
+        if (name, patch) in _asked:
+            return
+        _asked.add((name, patch))
         module = sys.modules.get(name)
         if module is None:
             _waiting.setdefault(name, []).append(patch)

@@ -40,21 +40,13 @@ scikit-learn: the hook waits until something imports it.
 from __future__ import annotations
 
 import functools
-import threading
 
 from . import onimport, shims
 
-_lock = threading.Lock()
-_installed = False
-
 
 def install() -> None:
-    """Patches `BaseEstimator.__setstate__` now, or once `sklearn.base` is first imported."""
-    global _installed
-    with _lock:
-        if _installed:
-            return
-        _installed = True
+    """Patches `BaseEstimator.__setstate__` now, or once `sklearn.base` is first imported;
+    safe to call more than once (onimport runs each patch once)."""
     onimport.after("sklearn.base", _patch)
     onimport.after("sklearn.tree", _patch_tree)
     onimport.after("sklearn.ensemble", _stand_in_for_old_losses)

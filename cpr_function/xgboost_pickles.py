@@ -17,23 +17,15 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 
 from . import onimport, shims
 
 _CONFIG_HEADER = b"CONFIG-offset:"
-_lock = threading.Lock()
-_installed = False
 
 
 def install() -> None:
     """Patches XGBoost's Booster and scikit-learn classifier once they are imported; safe to
-    call more than once (each is patched once)."""
-    global _installed
-    with _lock:
-        if _installed:
-            return
-        _installed = True
+    call more than once (onimport runs each patch once)."""
     onimport.after("xgboost.core", _patch_booster)
     onimport.after("xgboost.sklearn", _patch_classifier)
 
