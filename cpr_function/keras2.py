@@ -32,7 +32,7 @@ def choose(model_dir: Path, noted: shims.Shims) -> None:
 
     if not _h5_below(model_dir):
         return  # the common case, without opening a file
-    old = keras_files.keras_2_h5(model_dir)
+    old = [str(w) for w in keras_files.keras_2_h5(model_dir)]
     if not old or importlib.util.find_spec("tf_keras") is None:
         return  # nothing to do, or nothing to do it with: the load error says what
     if os.environ.get(_FLAG, "").lower() not in ("1", "true"):

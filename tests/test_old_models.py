@@ -465,7 +465,7 @@ from cpr_function.frameworks import keras_files
 root = Path(sys.argv[1])
 tf.saved_model.save(tf.Module(), str(root / "export" / "1"))
 (root / "export" / "1" / "keras_metadata.pb").write_bytes(b"")  # as Keras 2 saved it
-print(keras_files.writers(root))
+print([str(w) for w in keras_files.writers(root)])
 """
 
 

@@ -8,6 +8,7 @@ when Keras wrote it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -16,39 +17,47 @@ _H5 = (".h5", ".hdf5")
 _DEEPEST = 3  # folders below the model directory that are looked in
 
 
-def writers(model_dir: Path) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """A Keras file or SavedModel, and what wrote it where the file says."""
+
+    file: str  # relative to the model directory (a SavedModel's folder)
+    by: str  # "Keras 2.2.4", "TensorFlow 2.6.0, Keras 2"
+    old_keras: bool  # Keras 1 or 2 wrote it
+    savedmodel: bool
+
+    def __str__(self) -> str:
+        return f"{self.file} ({self.by})"
+
+
+def writers(model_dir: Path) -> list[Written]:
     """`model.h5 (Keras 2.2.4)`, `export/1 (TensorFlow 2.6.0, Keras 2)`, ...: what wrote
     each Keras file and SavedModel in the directory, where the file says."""
     found = []
     for path in sorted(_files(model_dir)):
-        shown = path.relative_to(model_dir).as_posix()
-        if path.suffix in _H5:
-            version = _h5_keras_version(path)
-            found.append(f"{shown} (Keras {version or 'of unknown release'})")
-        elif path.suffix == ".keras":
-            version = _archive_keras_version(path)
-            found.append(f"{shown} (Keras {version or 'of unknown release'})")
-        elif path.name == "saved_model.pb":
+        if path.name == "saved_model.pb":
             folder = path.parent.relative_to(model_dir).as_posix()
-            written = _savedmodel_tensorflow(path)
-            keras = ", Keras 2" if (path.parent / "keras_metadata.pb").exists() else ""
-            found.append(f"{folder} (TensorFlow {written or 'of unknown release'}{keras})")
+            written = _savedmodel_tensorflow(path) or "of unknown release"
+            keras_2 = (path.parent / "keras_metadata.pb").exists()
+            by = f"TensorFlow {written}" + (", Keras 2" if keras_2 else "")
+            found.append(Written(folder, by, keras_2, savedmodel=True))
+            continue
+        reads = _h5_keras_version if path.suffix in _H5 else _archive_keras_version
+        version = reads(path)
+        old = version is not None and version.startswith(("1.", "2."))
+        shown = path.relative_to(model_dir).as_posix()
+        found.append(Written(shown, f"Keras {version or 'of unknown release'}", old, False))
     return found
 
 
-def keras_2_h5(model_dir: Path) -> list[str]:
-    """The `.h5` files in the directory that Keras 1 or 2 wrote, with their releases."""
-    return [
-        w
-        for w in writers(model_dir)
-        if w.endswith(")") and (" (Keras 1." in w or " (Keras 2." in w)
-    ]
+def keras_2_h5(model_dir: Path) -> list[Written]:
+    """The Keras files (not SavedModels) in the directory that Keras 1 or 2 wrote."""
+    return [w for w in writers(model_dir) if w.old_keras and not w.savedmodel]
 
 
 def advice(model_dir: Path) -> str | None:
     """What to do when Keras failed on files an older Keras wrote; None when none did."""
-    found = writers(model_dir)
-    old = [w for w in found if "Keras 1." in w or "Keras 2" in w]
+    old = [str(w) for w in writers(model_dir) if w.old_keras]
     if not old:
         return None
     here = _installed_keras()
