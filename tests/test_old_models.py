@@ -492,7 +492,8 @@ def test_files_keras_2_wrote_predict_as_keras_2_did(function, tmp_path):
     import numpy as np
     from conftest import make_tar
 
-    assert len(KERAS_2) == 10, KERAS_2  # Keras 2.12 and tf-keras 2.21, five files each
+    # Keras 2.6 and 2.7 four files each (no legacy Adam yet), Keras 2.12 and tf-keras 2.21 five
+    assert len(KERAS_2) == 18, KERAS_2
     routine = KERAS_ROUTINE
     package = make_tar(tmp_path / "k-0.1.tar.gz", {"k-0.1/keras_routine.py": routine})
     versions = {}
@@ -524,3 +525,29 @@ def test_files_keras_2_wrote_predict_as_keras_2_did(function, tmp_path):
         if written["framework"] == "routine":
             shims = fn.version_status("k", name)["compatibility"]
             assert any(s["shim"] == "keras 2" for s in shims), (name, shims)
+
+
+def test_a_keras_2_savedmodel_without_tf_keras_says_to_add_it(function, tmp_path):
+    """TensorFlow revives Keras 2's optimizer with tf-keras; a deployment without it fails."""
+    hidden = tmp_path / "hidden"
+    (hidden / "tf_keras").mkdir(parents=True)
+    (hidden / "tf_keras" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    written = LEGACY / "keras-2.7.0" / "savedmodel-adam"
+    fn = function(
+        {
+            "CPR_ORIGIN": str(written),
+            "CPR_FRAMEWORK": "tensorflow",
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+            "PYTHONPATH": str(hidden),
+        }
+    )
+    instances = json.loads((written / "expected.json").read_text())["instances"]
+    answer = fn.predict({"instances": instances})
+    assert answer.status_code == 500
+    message = answer.json()["error"]
+    assert message.startswith(
+        "loading the SavedModel failed: AttributeError: '_UserObject' object has no attribute "
+        "'add_slot'; the model directory holds saved_model.pb (TensorFlow 2.7.4, Keras 2), "
+        "and tf.keras here is Keras 3."
+    ), message
+    assert "To fix: add tf-keras (Keras 2, of TensorFlow's release) to requirements.txt" in message

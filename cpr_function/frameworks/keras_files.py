@@ -21,7 +21,7 @@ _DEEPEST = 3  # folders below the model directory that are looked in
 class Written:
     """A Keras file or SavedModel, and what wrote it where the file says."""
 
-    file: str  # relative to the model directory (a SavedModel's folder)
+    file: str  # relative to the model directory (a SavedModel's folder, or saved_model.pb)
     by: str  # "Keras 2.2.4", "TensorFlow 2.6.0, Keras 2"
     old_keras: bool  # Keras 1 or 2 wrote it
     savedmodel: bool
@@ -37,6 +37,7 @@ def writers(model_dir: Path) -> list[Written]:
     for path in sorted(_files(model_dir)):
         if path.name == "saved_model.pb":
             folder = path.parent.relative_to(model_dir).as_posix()
+            folder = path.name if folder == "." else folder
             written = _savedmodel_tensorflow(path) or "of unknown release"
             keras_2 = (path.parent / "keras_metadata.pb").exists()
             by = f"TensorFlow {written}" + (", Keras 2" if keras_2 else "")
@@ -66,9 +67,10 @@ def advice(model_dir: Path) -> str | None:
     return (
         f"the model directory holds {', '.join(old)}, and tf.keras here is Keras {here}, "
         "which cannot load every file Keras 2 wrote. To fix: add tf-keras (Keras 2, of "
-        "TensorFlow's release) to requirements.txt, which a routine's .h5 files of Keras 2 "
-        "then load with; or save the model again with Keras 3 (model.save('model.keras'), "
-        "or model.export(path) for a SavedModel) and load that"
+        "TensorFlow's release) to requirements.txt, which TensorFlow loads Keras 2's "
+        "SavedModels with and a routine's .h5 files of Keras 2 then load with; or save the "
+        "model again with Keras 3 (model.save('model.keras'), or model.export(path) for a "
+        "SavedModel) and load that"
     )
 
 
