@@ -28,9 +28,15 @@ own call would miss.
   their sums, as the old `predict_proba` did at each call.
 
 - **Gradient boosting of before 1.3.** Its pickle holds a loss object of
-  `sklearn.ensemble._gb_losses` (gone in 1.3), where today's models keep `_loss`.
-  The old object is read into a stand-in and replaced by today's loss of the same
-  name (the loss names renamed in 1.0 and 1.1 mapped: `deviance`, `ls`, `lad`).
+  `sklearn.ensemble._gb_losses` (gone in 1.3; `sklearn.ensemble.gradient_boosting`
+  before 0.21), where today's models keep `_loss`. The old object is read into a
+  stand-in and replaced by today's loss of the same name (the loss names renamed in
+  1.0 and 1.1 mapped: `deviance`, `ls`, `lad`). Before 0.21 the first guess came from
+  estimators of that module too (`LogOddsEstimator`, `MeanEstimator`, ...), which
+  kept one constant: it is carried over as an estimator answering that constant as
+  today's loss reads it, so the raw scores are the old ones (0.20's multi-class
+  models started from the class priors themselves, not their logarithms, and still
+  do).
 
 Estimators built in the process are left alone. Installed only with the legacy
 layer, that is for models loaded from a deployment, and without importing
@@ -236,31 +242,86 @@ def _refuses_missing(X) -> bool:
 
 
 _GB_LOSSES = "sklearn.ensemble._gb_losses"
+_GB_BEFORE_0_21 = "sklearn.ensemble.gradient_boosting"
+# 0.20's first-guess estimators, and the attribute holding the constant each answered.
+_OLD_INITS = {
+    "LogOddsEstimator": "prior",
+    "ScaledLogOddsEstimator": "prior",
+    "MeanEstimator": "mean",
+    "QuantileEstimator": "quantile",
+    "PriorProbabilityEstimator": "priors",
+    "ZeroEstimator": None,
+}
 # Loss names gradient boosting renamed (1.0, 1.1) and then stopped taking.
 _LOSS_NAMES = {"deviance": "log_loss", "ls": "squared_error", "lad": "absolute_error"}
 
 
 def _stand_in_for_old_losses(ensemble) -> None:
-    """A module under the old losses' name, whose every class takes what a pickle kept."""
+    """Modules under the old losses' names, whose every class takes what a pickle kept;
+    0.20's also holds its first-guess estimators and passes today's models through."""
     import sys
     import types
 
     if _GB_LOSSES in sys.modules:
         return
-    module = types.ModuleType(_GB_LOSSES, "Stand-ins for the losses scikit-learn 1.3 removed.")
+    losses = types.ModuleType(_GB_LOSSES, "Stand-ins for the losses scikit-learn 1.3 removed.")
     made: dict[str, type] = {}
 
-    def __getattr__(name: str) -> type:
+    def stand_in(name: str) -> type:
         if name.startswith("__"):
             raise AttributeError(name)
-        return made.setdefault(name, type(name, (_OldLoss,), {"__module__": _GB_LOSSES}))
+        base = _OldInit if name in _OLD_INITS else _OldLoss
+        return made.setdefault(name, type(name, (base,), {"__module__": _GB_LOSSES}))
 
-    module.__getattr__ = __getattr__
-    sys.modules[_GB_LOSSES] = module
+    def of_0_20(name: str) -> object:
+        from sklearn.ensemble import _gb
+
+        return getattr(_gb, name) if hasattr(_gb, name) else stand_in(name)
+
+    losses.__getattr__ = stand_in
+    sys.modules[_GB_LOSSES] = losses
+    before_0_21 = types.ModuleType(_GB_BEFORE_0_21, "scikit-learn 0.20's gradient boosting.")
+    before_0_21.__getattr__ = of_0_20
+    sys.modules[_GB_BEFORE_0_21] = before_0_21
+
+
+def _plain(value) -> object:
+    """A NumPy scalar or array as the Python number or list it holds."""
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 class _OldLoss:
     """What a pickled loss object of scikit-learn before 1.3 held; replaced once read."""
+
+
+class _OldInit:
+    """What a pickled first-guess estimator of scikit-learn 0.20 held; replaced once read."""
+
+
+class FirstGuess:
+    """The constant first guess of a gradient boosting model of scikit-learn 0.20, answered
+    as today's model asks its `init_` (`predict`, or `predict_proba` that its loss turns
+    back into that constant)."""
+
+    def __init__(self, raw, loss):
+        import numpy as np
+
+        self.raw = np.atleast_1d(np.asarray(raw, dtype=np.float64))
+        if loss.is_multiclass:
+            self.proba = loss.link.inverse(self.raw[np.newaxis, :])[0]
+        else:
+            positive = loss.link.inverse(self.raw)
+            self.proba = np.concatenate([1 - positive, positive])
+
+    def predict(self, X):
+        import numpy as np
+
+        return np.tile(self.raw, (len(X), 1)) if self.raw.size > 1 else np.full(len(X), self.raw[0])
+
+    def predict_proba(self, X):
+        import numpy as np
+
+        return np.tile(self.proba, (len(X), 1))
 
 
 def _upgrade_gradient_boosting(estimator, written: str) -> None:
@@ -274,9 +335,30 @@ def _upgrade_gradient_boosting(estimator, written: str) -> None:
     estimator.loss = name
     vars(estimator).pop("loss_", None)
     estimator._loss = estimator._get_loss(sample_weight=None)
+    where = _GB_LOSSES if _release(written) >= (0, 21) else _GB_BEFORE_0_21
     shims.note(
         shims.PICKLE_UPGRADE,
         f"{type(estimator).__qualname__} pickled by scikit-learn {written} kept its loss as "
-        f"{type(old).__name__} of sklearn.ensemble._gb_losses (gone in 1.3): today's "
+        f"{type(old).__name__} of {where} (gone in 1.3): today's "
         f"{type(estimator._loss).__name__} for loss={name!r}",
+    )
+    _carry_over_first_guess(estimator, written)
+
+
+def _carry_over_first_guess(estimator, written: str) -> None:
+    """Replaces 0.20's first-guess estimator by one answering its constant as today's."""
+    old = getattr(estimator, "init_", None)
+    if not isinstance(old, _OldInit):
+        return
+    kind = type(old).__name__
+    kept = _OLD_INITS[kind]
+    if kept is None:
+        estimator.init_ = "zero"  # today's spelling of ZeroEstimator
+    else:
+        estimator.init_ = FirstGuess(vars(old)[kept], estimator._loss)
+    shims.note(
+        shims.PICKLE_UPGRADE,
+        f"{type(estimator).__qualname__} pickled by scikit-learn {written} started from a "
+        f"{kind} of {_GB_BEFORE_0_21} (gone in 0.21): its first guess "
+        + ("is zero" if kept is None else f"{kept}={_plain(vars(old)[kept])} is kept as it was"),
     )
