@@ -38,6 +38,12 @@ own call would miss.
   models started from the class priors themselves, not their logarithms, and still
   do).
 
+- **Logistic regression of one-vs-rest.** Until 1.8 a multi-class
+  `LogisticRegression` fitted one-vs-rest (`multi_class='ovr'`; the default before
+  0.22, and `'auto'` with liblinear after) answered `predict_proba` by normalizing
+  each class's sigmoid; today's answers the softmax of the same scores, other
+  numbers with no error. Such a model keeps its class but answers as it did.
+
 Estimators built in the process are left alone. Installed only with the legacy
 layer, that is for models loaded from a deployment, and without importing
 scikit-learn: the hook waits until something imports it.
@@ -69,6 +75,7 @@ def _patch(module) -> None:
             _fill_parameters(self, written or "before 0.18")
             _upgrade_tree(self, written or "before 0.18")
             _upgrade_gradient_boosting(self, written or "before 0.18")
+            _keep_one_vs_rest(self, written or "before 0.18")
         else:
             _declare_if_unmarked(self)
 
@@ -362,3 +369,49 @@ def _carry_over_first_guess(estimator, written: str) -> None:
         f"{kind} of {_GB_BEFORE_0_21} (gone in 0.21): its first guess "
         + ("is zero" if kept is None else f"{kept}={_plain(vars(old)[kept])} is kept as it was"),
     )
+
+
+def _keep_one_vs_rest(estimator, written: str) -> None:
+    """Keeps the probabilities of a one-vs-rest logistic regression of before 1.8."""
+    kept = vars(estimator)
+    if "multi_class" not in kept or type(estimator).__name__ not in _LOGISTIC:
+        return  # written by 1.8 or later, or another estimator
+    classes = kept.get("classes_")
+    if classes is None or len(classes) <= 2:
+        return  # binary: one sigmoid then and now
+    solver = "liblinear" if kept.get("solver") == "warn" else kept.get("solver")
+    meant = {"warn": "ovr", "auto": "ovr" if solver == "liblinear" else "multinomial"}
+    if meant.get(kept["multi_class"], kept["multi_class"]) != "ovr":
+        return
+    estimator.__class__ = _one_vs_rest(type(estimator))
+    setattr(estimator, _PICKLED_BY, written)
+    shims.note(
+        shims.PICKLE_UPGRADE,
+        f"{type(estimator).__qualname__} pickled by scikit-learn {written} with "
+        f"multi_class={kept['multi_class']!r} and solver={kept.get('solver')!r} fitted one "
+        "class against the rest; today's predict_proba would take a softmax of its scores "
+        "(1.8 removed one-vs-rest), so it normalizes each class's sigmoid as it did",
+    )
+
+
+_LOGISTIC = ("LogisticRegression", "LogisticRegressionCV")
+_PICKLED_BY = "_pickled_by_sklearn"  # the release that wrote it, for pickling it again
+
+
+@functools.cache
+def _one_vs_rest(base: type) -> type:
+    """`base` answering probabilities one-vs-rest, pickled again as `base` itself."""
+
+    def predict_proba(self, X):
+        return self._predict_proba_lr(X)
+
+    def __reduce_ex__(self, protocol):
+        import copyreg
+
+        state = self.__getstate__()
+        state["_sklearn_version"] = state.pop(_PICKLED_BY)  # as it came, not as ours
+        # As pickle's protocols 0 and 1 write any object, naming the class it came from.
+        return copyreg._reconstructor, (base, object, None), state
+
+    methods = {"predict_proba": predict_proba, "__reduce_ex__": __reduce_ex__}
+    return type(base.__name__, (base,), {**methods, "__module__": __name__})
