@@ -11,8 +11,8 @@ import os
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from cpr_function.app import App
 from cpr_function.config import Config
+from cpr_function.http.app import App
 from cpr_function.logs import configure
 
 _config = Config.from_env(os.environ)

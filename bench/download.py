@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import dir_bytes, emulator  # noqa: E402
 
-from cpr_function.storage import Storage  # noqa: E402
+from cpr_function.loading.storage import Storage  # noqa: E402
 
 PREFIX = "models/big"
 

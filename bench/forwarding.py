@@ -7,7 +7,7 @@ first sleeps `--delay` seconds per call, as a remote model's network and queuein
 The sequential loop sends batches of 100 one after the other with googleapiclient's
 `ml` v1 client, as the seed blog's InferAPI did; forward mode gets all instances in one
 request to a forwarding function with default settings; the client is
-`cpr_function.client.predict` with default settings.
+`cpr_function.remote.client.predict` with default settings.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delay", type=float, default=0.02)
     args = parser.parse_args()
-    from cpr_function import client
+    from cpr_function.remote import client
 
     folder = Path(tempfile.mkdtemp(prefix="cpr-bench-"))
     example = REPO / "examples"

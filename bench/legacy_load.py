@@ -36,7 +36,8 @@ warnings.simplefilter("ignore")
 sys.path.insert(0, sys.argv[3])
 import numpy as np
 import sklearn.ensemble, xgboost
-from cpr_function import frameworks, legacy
+from cpr_function import frameworks
+from cpr_function.compat import legacy
 rows = np.random.default_rng(1).normal(size=(16, 20)).tolist()
 started = time.perf_counter()
 legacy.install()
@@ -52,7 +53,7 @@ import pickle, sys, warnings
 from pathlib import Path
 warnings.simplefilter("ignore")
 sys.path.insert(0, sys.argv[3])
-from cpr_function import legacy
+from cpr_function.compat import legacy
 from cpr_function.frameworks import binary_booster
 legacy.install()
 old, today = Path(sys.argv[1]), Path(sys.argv[2])

@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .compat.shims import FRAMEWORK_SPELLING
 from .errors import ConfigError, NotFound
-from .shims import FRAMEWORK_SPELLING
 
 FRAMEWORKS = ("scikit-learn", "xgboost", "tensorflow", "mlflow")
 # The v1 API's Framework enum value that meant "not set": detected from the model directory.

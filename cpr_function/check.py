@@ -20,7 +20,7 @@ def report(config: Config, specs: Sequence[VersionSpec] | None, instance: Any, o
         Whether every step of every version succeeded.
     """
     if specs is None:
-        from .app import load_catalog
+        from .http.app import load_catalog
 
         try:
             catalog = load_catalog(config)
@@ -38,8 +38,8 @@ def _version(config: Config, spec: VersionSpec, instance: Any, out: TextIO) -> b
     print(f"model {spec.model} version {spec.name}", file=out)
     if not spec.in_process:
         return _forward(spec, instance, out)
-    from .model import LazyModel
-    from .storage import Storage
+    from .loading.storage import Storage
+    from .serving.model import LazyModel
 
     model = LazyModel(spec, config, Storage.configured(config))
     shown = _ShimLines(model.shims, out)
@@ -88,7 +88,7 @@ class _ShimLines:
 
 
 def _forward(spec: VersionSpec, instance: Any, out: TextIO) -> bool:
-    from .forward import Forwarder
+    from .remote.forward import Forwarder
 
     forwarder = Forwarder(spec)
     print(f"  ok   forward    to {forwarder.upstream.target.shown}", file=out)

@@ -106,7 +106,7 @@ def _model_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> N
 
 
 def _predict(args) -> int:
-    from . import client
+    from .remote import client
 
     instances = _read_instances(args.json_instances)
     try:
@@ -162,9 +162,9 @@ def _flag_config(args):
 
 def _local_predict(args) -> int:
     from . import protocol
+    from .loading.storage import Storage
     from .logs import configure
-    from .model import LazyModel
-    from .storage import Storage
+    from .serving.model import LazyModel
 
     configure("text")
     config, spec = _flag_config(args)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cpr_function import catalog
-from cpr_function.app import App, load_catalog
 from cpr_function.config import Config
 from cpr_function.errors import ConfigError, NotFound
+from cpr_function.http.app import App, load_catalog
 
 GOOD = """
 default_model: churn

@@ -34,7 +34,7 @@ import requests
 from conftest import IRIS, REPO, counting_env, iris_expected, make_tar, upload_file, version_status
 from kit_source import kit_files
 
-from cpr_function.storage import ObjectChanged, Storage, StorageUnavailable
+from cpr_function.loading.storage import ObjectChanged, Storage, StorageUnavailable
 
 SOAK = os.environ.get("CPR_SOAK") == "1"
 CRASH_BATCHES = 10 if SOAK else 1
@@ -389,8 +389,8 @@ CRASH_HELPER = """
 import sys
 from pathlib import Path
 
-from cpr_function import packages
-from cpr_function.storage import Storage
+from cpr_function.loading import packages
+from cpr_function.loading.storage import Storage
 
 cache, origin, package = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 storage = Storage(cache)

@@ -405,7 +405,7 @@ def test_only_unpickled_estimators_from_outside_scikit_learn_are_declared_fitted
     from sklearn.preprocessing import StandardScaler
     from sklearn.utils.validation import check_is_fitted
 
-    from cpr_function import unpickling
+    from cpr_function.compat import unpickling
 
     unpickling.install()
     built = _Kept().fit()
@@ -471,7 +471,7 @@ def test_names_removed_since_2019_are_served_and_reported(function, module_bucke
 def test_a_name_that_was_never_there_is_still_an_attribute_error():
     import numpy
 
-    from cpr_function import legacy
+    from cpr_function.compat import legacy
 
     legacy.install()
     assert numpy.float_ is numpy.float64

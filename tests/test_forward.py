@@ -177,7 +177,7 @@ def test_a_batch_that_keeps_failing_fails_the_request_naming_its_range(function,
 
 
 def test_batches_stay_under_one_and_a_half_megabytes(proxy):
-    from cpr_function import client
+    from cpr_function.remote import client
 
     counting = proxy()
     instances = [f"{i}" + "x" * 400_000 for i in range(10)]
@@ -274,7 +274,7 @@ def test_googleapiclient_against_a_forwarding_function(function, upstream):
 
 
 def test_the_client_library_batches_in_order(upstream, proxy):
-    from cpr_function import client
+    from cpr_function.remote import client
 
     counting = proxy()
     instances = list(range(95))
@@ -351,8 +351,8 @@ def test_in_process_serving_never_imports_forwarding_nor_forwarding_aiplatform(u
         "client = functions_framework.create_app('predict', 'main.py').test_client()\n"
         "answer = client.post('/', json={'instances': [[5.1, 3.5, 1.4, 0.2]]})\n"
         "assert answer.status_code == 200, answer.get_json()\n"
-        "print(sorted(m for m in ('cpr_function.forward', 'google.cloud.aiplatform', "
-        "'cpr_function.worker') if m in sys.modules))\n"
+        "print(sorted(m for m in ('cpr_function.remote.forward', 'google.cloud.aiplatform', "
+        "'cpr_function.serving.worker') if m in sys.modules))\n"
     )
     base = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CPR_")}
     plain = subprocess.run(
@@ -367,7 +367,7 @@ def test_in_process_serving_never_imports_forwarding_nor_forwarding_aiplatform(u
     relayed = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=forward
     )
-    assert relayed.stdout.strip() == "['cpr_function.forward']", relayed.stderr
+    assert relayed.stdout.strip() == "['cpr_function.remote.forward']", relayed.stderr
 
 
 def test_a_password_in_the_endpoint_never_shows(function, proxy):

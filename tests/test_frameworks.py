@@ -816,7 +816,7 @@ def test_categories_that_are_not_ascii_go_by_code_or_the_model_is_refused(tmp_pa
 
 
 def test_a_native_library_s_stack_trace_stays_out_of_the_error_message():
-    from cpr_function import legacy
+    from cpr_function.compat import legacy
 
     with pytest.raises(xgboost.core.XGBoostError) as raised:
         xgboost.DMatrix(np.asarray([["a", "b"]]))

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from cpr_function import gcpause
+from cpr_function.serving import gcpause
 
 
 def test_overlapping_loads_switch_it_back_on_only_when_the_last_ends():

@@ -170,7 +170,7 @@ OLD_PATHS = {
 def test_every_module_path_scikit_learn_made_private_imports_its_classes(old, holds):
     import importlib
 
-    from cpr_function import legacy
+    from cpr_function.compat import legacy
 
     legacy.install()
     assert hasattr(importlib.import_module(old), holds)

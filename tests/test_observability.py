@@ -70,9 +70,9 @@ def test_a_request_entry_is_the_same_written_directly_or_through_logging(capsys)
     values = {"httpRequest": {"requestUrl": "/predict", "status": 200}, "status": 200}
     try:
         logs.configure("json")
-        logs.request(logging.getLogger("cpr_function.app"), "POST /predict -> 200", values)
+        logs.request(logging.getLogger("cpr_function.http.app"), "POST /predict -> 200", values)
         package.handlers[0].addFilter(lambda record: True)
-        logs.request(logging.getLogger("cpr_function.app"), "POST /predict -> 200", values)
+        logs.request(logging.getLogger("cpr_function.http.app"), "POST /predict -> 200", values)
     finally:
         logs.TRACE.reset(token)
         package.handlers[:] = saved
@@ -81,7 +81,7 @@ def test_a_request_entry_is_the_same_written_directly_or_through_logging(capsys)
     expected = {
         "severity": "INFO",
         "message": "POST /predict -> 200",
-        "logger": "cpr_function.app",
+        "logger": "cpr_function.http.app",
         "pid": os.getpid(),
         **values,
         "logging.googleapis.com/trace": "projects/p/traces/t",
@@ -98,7 +98,7 @@ def test_a_request_entry_written_directly_keeps_its_place_among_other_lines(monk
     package = logging.getLogger("cpr_function")
     saved = package.handlers[:]
     package.handlers.clear()
-    app_log = logging.getLogger("cpr_function.app")
+    app_log = logging.getLogger("cpr_function.http.app")
     try:
         logs.configure("json")
         assert logs._direct_handler(app_log) is package.handlers[0]
@@ -158,7 +158,7 @@ def test_text_logs_when_asked(function, iris_dir, tmp_path):
     )
     fn.predict({"instances": IRIS})
     assert entries(fn) == []
-    assert " INFO cpr_function.app: POST / -> 200 in " in fn.log()
+    assert " INFO cpr_function.http.app: POST / -> 200 in " in fn.log()
 
 
 def test_warm_up_loads_in_the_worker_before_any_request(function, iris_dir, tmp_path):

@@ -67,7 +67,7 @@ def test_a_model_pickled_before_its_parameters_existed_is_served(function, old_f
 
 
 def test_get_params_answers_on_such_a_model_once_unpickled_in_a_deployment(old_forest):
-    from cpr_function import legacy
+    from cpr_function.compat import legacy
 
     data = (old_forest[0] / "model.pkl").read_bytes()
     legacy.install()
@@ -317,7 +317,7 @@ def test_an_old_classifier_answers_the_labels_its_encoder_kept():
     from sklearn.preprocessing import LabelEncoder
     from xgboost import XGBClassifier
 
-    from cpr_function import legacy, xgboost_pickles
+    from cpr_function.compat import legacy, xgboost_pickles
 
     legacy.install()
     xgboost_pickles.install()  # again: each class is patched once
@@ -568,7 +568,7 @@ def test_a_one_vs_rest_model_saved_again_is_scikit_learns_own_and_still_upgraded
     answers as its release did once loaded here again."""
     import numpy as np
 
-    from cpr_function import legacy
+    from cpr_function.compat import legacy
 
     folder = LEGACY / "scikit-learn-0.20.4" / "logistic-regression-liblinear-pkl"
     expected = json.loads((folder / "expected.json").read_text())

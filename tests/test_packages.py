@@ -10,7 +10,7 @@ import pytest
 from conftest import make_tar, make_zip
 
 from cpr_function.errors import LoadError
-from cpr_function.packages import install_requirements, unpack
+from cpr_function.loading.packages import install_requirements, unpack
 
 
 def _unpack(archive, tmp_path, max_bytes=10**6):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cpr_function import ramp
+from cpr_function.loading import ramp
 
 
 class Slots:

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, upload_dir, upload_file
 
 from cpr_function.errors import LoadError
-from cpr_function.storage import Storage
+from cpr_function.loading.storage import Storage
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_discard_waits_for_every_holder_and_never_touches_local_paths(store, buc
 
     # Another process holds it (a worker between its download and its from_path).
     code = (
-        "import sys; from pathlib import Path; from cpr_function import cache\n"
+        "import sys; from pathlib import Path; from cpr_function.loading import cache\n"
         "with cache.in_use(Path(sys.argv[1])):\n print('held', flush=True); sys.stdin.readline()"
     )
     holder = subprocess.Popen(

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from ..errors import LoadError
-from ..predictor import Servable
+from ..serving.predictor import Servable
 from . import provenance
 
 log = logging.getLogger(__name__)

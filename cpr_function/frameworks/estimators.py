@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import shims
+from ..compat import shims
 from ..errors import BadRequest, LoadError
-from ..predictor import Routine
+from ..serving.predictor import Routine
 from . import binary_booster, features, provenance
 from .features import ANY, CODE, NUMBER, Feature
 

@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import re
 
-from .errors import NotFound
+from ..errors import NotFound
 
 _V1 = r"(?:^|/)v1/projects/(?P<project>[^/]+)"
 _MODEL = _V1 + r"/models/(?P<model>[^/:]+)"

@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import catalog as catalogs
-from . import logs, protocol, resources, routes
-from .catalog import Catalog
-from .config import Config
-from .errors import ConfigError, CprError, MethodNotAllowed
-from .registry import Registry
-from .storage import Storage
+from .. import catalog as catalogs
+from .. import logs, protocol
+from ..catalog import Catalog
+from ..config import Config
+from ..errors import ConfigError, CprError, MethodNotAllowed
+from ..loading.storage import Storage
+from ..serving.registry import Registry
+from . import resources, routes
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class App:
         self._local_paths = [
             (str(config.cache_dir.resolve()), "<cache>"),
             (str(config.cache_dir), "<cache>"),
-            (str(Path(__file__).resolve().parent.parent), "<function>"),
+            (str(Path(__file__).resolve().parents[2]), "<function>"),
         ]
         self._actions = {
             "status": self._status,

@@ -1,6 +1,6 @@
 """Sending instances to a deployed model: batches sent concurrently, retried, joined in order.
 
-The function's forward mode and the client library (`cpr_function.client`) both use it.
+The function's forward mode and the client library (`cpr_function.remote.client`) both use it.
 Bodies are raw JSON, so integers reach the upstream as integers (the aiplatform gapic
 client would turn them into floats through protobuf `Value`).
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from .errors import BadRequest, CprError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from .protocol import dumps
-from .shims import PREDICTION_COUNT, Shims
+from ..compat.shims import PREDICTION_COUNT, Shims
+from ..errors import BadRequest, CprError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..protocol import dumps
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,7 @@ class Forwarder:
 
     def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> dict[str, Any]:
         """The upstream's predictions, in order, or an error naming the failed instances."""
-        from . import protocol
+        from .. import protocol
 
         instances, kwargs = protocol.instances_of(payload, vertex=vertex)
         try:

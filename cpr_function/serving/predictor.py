@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from . import legacy, protocol
-from .errors import LoadError
-from .shims import PREDICTION_COUNT, Shims
+from .. import protocol
+from ..compat import legacy
+from ..compat.shims import PREDICTION_COUNT, Shims
+from ..errors import LoadError
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def _keras_hint(exc: BaseException, model_dir: Path) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if not any("/keras/" in f.filename or "/tensorflow/" in f.filename for f in frames):
         return ""
-    from .frameworks import keras_files
+    from ..frameworks import keras_files
 
     found = keras_files.advice(Path(model_dir))
     return f"; {found}" if found else ""

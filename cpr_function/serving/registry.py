@@ -7,11 +7,11 @@ import logging
 import threading
 from typing import Any
 
-from .catalog import Catalog, VersionSpec
-from .config import Config
-from .errors import LoadError
+from ..catalog import Catalog, VersionSpec
+from ..config import Config
+from ..errors import LoadError
+from ..loading.storage import Storage
 from .model import LazyModel
-from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Registry:
 
     def _handle(self, spec: VersionSpec, storage: Storage):
         if not spec.in_process:
-            from .forward import Forwarder
+            from ..remote.forward import Forwarder
 
             return Forwarder(spec)
         if self.isolation == "process":

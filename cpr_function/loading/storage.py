@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ..errors import LoadError
 from . import cache, ramp
-from .errors import LoadError
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import orjson
 
-from . import protocol
-from .errors import PredictTimeout
+from .. import protocol
+from ..errors import PredictTimeout
 from .predictor import Routine
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
+from ..errors import LoadError
 from . import cache
-from .errors import LoadError
 
 log = logging.getLogger(__name__)
 

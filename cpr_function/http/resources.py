@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from .catalog import ModelSpec, VersionSpec
+from ..catalog import ModelSpec, VersionSpec
 
 # AI Platform v1's Framework enum, plus MLflow, which it never had.
 _FRAMEWORKS = {

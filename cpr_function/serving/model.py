@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import batching, frameworks, gcpause, keras2, legacy, logs, packages, predictor
-from .catalog import VersionSpec
-from .config import Config
-from .errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
-from .shims import Shims
-from .storage import ObjectChanged, Storage
+from .. import frameworks, logs
+from ..catalog import VersionSpec
+from ..compat import keras2, legacy
+from ..compat.shims import Shims
+from ..config import Config
+from ..errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
+from ..loading import packages
+from ..loading.storage import ObjectChanged, Storage
+from . import batching, gcpause, predictor
 
 log = logging.getLogger(__name__)
 

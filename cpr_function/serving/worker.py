@@ -2,7 +2,7 @@
 
 Two versions whose packages ship modules of the same name (most ship a
 `predictor.py`) cannot share one `sys.modules`, nor can their pickles. Each
-then runs in a child Python process started with `python -m cpr_function.worker`,
+then runs in a child Python process started with `python -m cpr_function.serving.worker`,
 which loads the version with the same code as in-process serving and answers
 predictions sent over a socket pair. The child encodes predictions to JSON
 itself, so what crosses back is bytes, whatever the predictor returned.
@@ -21,13 +21,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .catalog import VersionSpec
-from .config import Config
-from .errors import CprError, PredictTimeout, Relayed
+from ..catalog import VersionSpec
+from ..config import Config
+from ..errors import CprError, PredictTimeout, Relayed
 
 log = logging.getLogger(__name__)
 
-_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
 class ProcessModel:
@@ -77,7 +77,7 @@ class ProcessModel:
         import orjson
 
         if self._batcher is not None and self._merges:
-            from . import protocol
+            from .. import protocol
 
             # Merged here, before the channel that takes one call at a time.
             instances, kwargs = protocol.instances_of(payload, vertex=vertex)
@@ -179,7 +179,7 @@ class ProcessModel:
         )
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "cpr_function.worker", str(theirs.fileno())],
+                [sys.executable, "-m", "cpr_function.serving.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -247,11 +247,11 @@ def _peak_rss() -> int:
 
 def serve(conn) -> int:
     """The child's side: load the version named by the first message, then answer predictions."""
-    from . import protocol
+    from .. import protocol
+    from ..loading.storage import Storage
+    from ..logs import configure
     from .batching import Batched
-    from .logs import configure
     from .model import LazyModel
-    from .storage import Storage
 
     _, spec, config = conn.recv()
     # The parent keeps the deadline: it ends this process when a prediction runs past it.
@@ -304,7 +304,7 @@ class _Shown:
 def _encoded(body: Any) -> Any:
     """The body encoded here, in the child: each top-level value of an object on its own,
     so that the parent can add fields to it."""
-    from . import protocol
+    from .. import protocol
 
     if isinstance(body, dict):
         return {key: protocol.encode(value) for key, value in body.items()}

@@ -1,0 +1,1 @@
+"""The HTTP surface: routes, the app that answers them, and the documents it serves."""

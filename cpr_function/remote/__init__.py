@@ -1,0 +1,1 @@
+"""Predicting with a model deployed elsewhere: forwarding, and the client library."""
