@@ -63,23 +63,24 @@ def install() -> None:
         # Renamed modules must win over the path finder, which would otherwise load a
         # second copy of joblib's submodules under the old name; private modules are
         # only a fallback for names that no longer exist.
-        sys.meta_path.insert(0, _AliasFinder(_renamed))
-        sys.meta_path.append(_AliasFinder(_made_private))
+        sys.meta_path.insert(0, AliasFinder(_renamed))
+        sys.meta_path.append(AliasFinder(_made_private))
         removed.install()
         unpickling.install()
         xgboost_pickles.install()
         _installed = True
 
 
-class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Answers imports of module names that moved, with the module that holds the code now.
 
     The old name is bound to the very module object of the new one (never a second
     copy), so classes unpickled through either name are the same classes.
     """
 
-    def __init__(self, alias_for):
+    def __init__(self, alias_for, why: str = "gone from today's libraries"):
         self._alias_for = alias_for
+        self._why = why
         self._specs: dict[str, importlib.machinery.ModuleSpec] = {}
 
     def find_spec(self, fullname, path=None, target=None):
@@ -98,7 +99,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         target = self._alias_for(spec.name)
         module = importlib.import_module(target)
         self._specs[spec.name] = module.__spec__
-        shims.note(shims.LEGACY_IMPORT, f"{spec.name} (gone from today's libraries) is {target}")
+        shims.note(shims.LEGACY_IMPORT, f"{spec.name} ({self._why}) is {target}")
         return module
 
     def exec_module(self, module):
