@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .savedmodel import BYTES_SUFFIX, DEFAULT_SIGNATURE
+from .savedmodel_signatures import BYTES_SUFFIX, DEFAULT_SIGNATURE
 
 if TYPE_CHECKING:
-    from .savedmodel import Signature, Spec
+    from .savedmodel_signatures import Signature, Spec
 
 
 def bodies(signatures: list[Signature]) -> dict[str, Any]:
