@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..protocol import json_type
+from . import tensors
 
 # JSON values each MLflow column type accepts.
 _ACCEPTS = {
@@ -343,13 +344,9 @@ def _check_tensor(spec: dict[str, Any], value: Any, what: str, fmt: str) -> None
     shape = list(array.shape)
     if shape and shape[0] == 0:
         raise BadRequest(f"{fmt}: {what} holds no instances; send at least one")
-    fits = len(shape) == len(expected) and all(
-        e in (-1, s) for e, s in zip(expected, shape, strict=True)
-    )
-    if expected and not fits:
+    if expected and not tensors.fits(tuple(shape), tuple(expected)):
         raise BadRequest(f"{fmt}: {what} has shape {shape}; the model's signature says {wanted}")
-    kind = _dtype_kind(tensor["dtype"])
-    if array.size and not _fits_kind(array.dtype.kind, kind):
+    if array.size and not tensors.takes(_dtype_kind(tensor["dtype"]), array.dtype.kind):
         raise BadRequest(
             f"{fmt}: {what} holds {_kind_name(array.dtype.kind)} values; the model's "
             f"signature says {wanted}"
@@ -363,18 +360,6 @@ def _dtype_kind(dtype: str) -> str:
         return numpy.dtype(dtype).kind
     except TypeError:
         return "O"
-
-
-def _fits_kind(received: str, expected: str) -> bool:
-    if expected == "f":
-        return received in "fiu"
-    if expected in "iu":
-        return received in "iu"
-    if expected == "b":
-        return received == "b"
-    if expected in "SU":
-        return received in "SU"
-    return True
 
 
 def _kind_name(kind: str) -> str:

@@ -12,14 +12,15 @@ from typing import Any
 
 from .. import protocol
 from ..errors import BadRequest
+from . import tensors
 
 DEFAULT_SIGNATURE = "serving_default"
 # String outputs are sent as text, except those named so, which are sent as
 # {"b64": ...}: the convention AI Platform set and TF Serving kept.
 BYTES_SUFFIX = "_bytes"
 
-# Which JSON values (as the kinds NumPy infers from them) each kind of tensor takes.
-_ACCEPTED = {"bool": "b", "int": "iu", "float": "iuf", "complex": "iufc"}
+# The NumPy kind of each kind of tensor whose values are checked (strings are apart).
+_NUMPY_KIND = {"bool": "b", "int": "i", "float": "f", "complex": "c"}
 _RECEIVED = {
     "b": "booleans",
     "i": "integers",
@@ -93,9 +94,9 @@ class Spec:
 
     def _convert(self, numpy, value):
         array, label = self._parse(numpy, value)
-        accepted = _ACCEPTED.get(self.kind)
-        unfit = array.size and accepted is not None and array.dtype.kind not in accepted
-        if unfit or label == _MIXED or not _fits(array.shape, self.shape):
+        declared = _NUMPY_KIND.get(self.kind, "O")
+        unfit = array.size and not tensors.takes(declared, array.dtype.kind)
+        if unfit or label == _MIXED or not tensors.fits(array.shape, self.shape):
             raise _Unfit(f"{label} of shape {list(array.shape)}")
         target = numpy.dtype(self.dtype.as_numpy_dtype)
         if self.kind == "int" and array.size:
@@ -143,14 +144,6 @@ def _strings(numpy, value):
 def _has_booleans(numpy, value) -> bool:
     """JSON true or false among numbers, which NumPy would quietly take as 1 and 0."""
     return bool in map(type, numpy.asarray(value, dtype=object).flat)
-
-
-def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...] | None) -> bool:
-    if expected is None:
-        return True
-    if len(shape) != len(expected):
-        return False
-    return all(e in (None, s) for s, e in zip(shape, expected, strict=True))
 
 
 def _shape_text(shape) -> str:
