@@ -352,7 +352,7 @@ def test_in_process_serving_never_imports_forwarding_nor_forwarding_aiplatform(u
         "answer = client.post('/', json={'instances': [[5.1, 3.5, 1.4, 0.2]]})\n"
         "assert answer.status_code == 200, answer.get_json()\n"
         "print(sorted(m for m in ('cpr_function.remote.forward', 'google.cloud.aiplatform', "
-        "'cpr_function.serving.worker') if m in sys.modules))\n"
+        "'cpr_function.serving.process') if m in sys.modules))\n"
     )
     base = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CPR_")}
     plain = subprocess.run(

@@ -44,7 +44,7 @@ class Registry:
 
             return Forwarder(spec)
         if self.isolation == "process":
-            from .worker import ProcessModel
+            from .process import ProcessModel
 
             return ProcessModel(spec, self._config)
         return LazyModel(spec, self._config, storage, claim=self._claim)
