@@ -1,25 +1,21 @@
-"""One model version, loaded once on first use: fetch, unpack, import, `from_path`."""
+"""One model version, loaded once on first use and answering requests: the in-process handle."""
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
-import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import frameworks, logs
 from ..catalog import VersionSpec
-from ..compat import keras2, legacy
+from ..compat import legacy
 from ..compat.shims import Shims
 from ..config import Config
-from ..errors import CprError, LoadError, PredictorError, PredictTimeout, Relayed
-from ..loading import packages
-from ..loading.storage import ObjectChanged, Storage
-from . import batching, gcpause, predictor
+from ..errors import CprError, PredictorError, PredictTimeout, Relayed
+from ..loading.storage import Storage
+from . import batching
+from .coldstart import ColdStart
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +42,24 @@ class LazyModel:
         self._lock = threading.Lock()
         self._predictor: Any = None
         self._pool = None
-        self.phases: dict[str, float] = {}
-        self.fetch_stats: dict[str, int] = {}
+        self._cold: ColdStart | None = None  # the last load, and what it measured
         self.last_error: str | None = None
-        self.failed_phase: str | None = None
         self.shims = Shims(spec.model, spec.name, spec.shims)
+
+    @property
+    def phases(self) -> dict[str, float]:
+        """Seconds each phase of the last load took (`total` once it succeeded)."""
+        return self._cold.phases if self._cold is not None else {}
+
+    @property
+    def fetch_stats(self) -> dict[str, int]:
+        """What the last load found and fetched: objects, bytes, packages unpacked."""
+        return self._cold.fetch_stats if self._cold is not None else {}
+
+    @property
+    def failed_phase(self) -> str | None:
+        """The phase the last load failed in, if it failed."""
+        return self._cold.failed_phase if self._cold is not None else None
 
     @property
     def loaded(self) -> bool:
@@ -164,115 +173,13 @@ class LazyModel:
         a file between its download and its `from_path`. Loading again (after an
         unload, in a new worker) downloads them again.
         """
+        self._cold = ColdStart(self.spec, self._config, self._storage, self.shims, self._claim)
         if not self._config.delete_after_load:
-            return self._load()
+            return self._cold.run()
         with self._storage.in_use():
-            loaded = self._load()
-        self._storage.discard(self._listings)
+            loaded = self._cold.run()
+        self._storage.discard(self._cold.listings)
         return loaded
-
-    def _load(self):
-        config, spec = self._config, self.spec
-        if spec.is_example:
-            log.info("no model is configured: serving the bundled example model")
-        log.info("loading model %s version %s", spec.model, spec.name)
-        start = time.perf_counter()
-        with self._phase("download"):
-            try:
-                origin, package_listings, fetched = self._download()
-            except ObjectChanged as exc:
-                # Replaced while this cold start fetched it: the new version, whole.
-                log.warning("%s; listing model %s version %s again", exc, spec.model, spec.name)
-                origin, package_listings, fetched = self._download()
-            total = origin.size + sum(p.size for p in package_listings)
-            self._listings = [origin, *package_listings]
-            self.fetch_stats = {
-                "objects": sum(f.objects for f in fetched),
-                "downloaded": sum(f.downloaded for f in fetched),
-                "downloadedBytes": sum(f.downloaded_bytes for f in fetched),
-                "totalBytes": total,
-            }
-        model_dir = fetched[0].path
-        with self._phase("unpack"):
-            unpacked = [
-                packages.unpack(
-                    f.path, listing.uri, config.cache_dir, max_bytes=config.max_model_bytes
-                )
-                for f, listing in zip(fetched[1:], package_listings, strict=True)
-            ]
-            roots = [r for p in unpacked for r in p.roots]
-            requirements = [r for p in unpacked for r in p.requirements]
-            if config.install_dependencies and requirements:
-                roots_after = [packages.install_requirements(requirements, config.cache_dir)]
-            else:
-                roots_after = []
-            self.fetch_stats["unpacked"] = sum(p.unpacked for p in unpacked)
-        # No cyclic garbage collection from here to the end of from_path (gcpause.py):
-        # downloads and unpacking, which can take long, run with it.
-        with gcpause.paused(), self.shims.active():
-            with self._phase("import"):
-                if config.legacy_compat:
-                    legacy.install()
-                    keras2.choose(model_dir, self.shims)
-                provided = [m for p in unpacked for m in p.modules]
-                if self._claim is not None:
-                    self._claim(spec, provided)
-                predictor.activate(roots, provided)
-                if roots_after:
-                    sys.path.extend(str(r) for r in roots_after)
-                if spec.prediction_class:
-                    cls = predictor.resolve(spec.prediction_class, provided)
-            with self._phase("from_path"):
-                if spec.prediction_class:
-                    loaded = predictor.construct(cls, model_dir, self.shims)
-                else:
-                    loaded = frameworks.load(model_dir, spec.framework)
-                loaded = batching.wrap(loaded, **config.microbatch_for(spec)._asdict())
-        self.phases["total"] = round(time.perf_counter() - start, 6)
-        log.info(
-            "model %s version %s loaded in %.3fs: %s",
-            spec.model,
-            spec.name,
-            self.phases["total"],
-            self.phases,
-        )
-        return loaded
-
-    def _download(self):
-        """Lists the model directory and packages, checks their size, fetches them.
-
-        Raises:
-            ObjectChanged: an object was replaced between its listing and its download.
-        """
-        origin = self._storage.list_directory(self.spec.origin)
-        package_listings = [self._storage.list_file(u) for u in self.spec.package_uris]
-        total = origin.size + sum(p.size for p in package_listings)
-        if total > self._config.max_model_bytes:
-            raise LoadError(
-                f"the model directory and packages total {total} bytes, more than the "
-                f"{self._config.max_model_bytes} that CPR_MAX_MODEL_BYTES allows"
-            )
-        fetched = [self._storage.fetch(x) for x in [origin, *package_listings]]
-        return origin, package_listings, fetched
-
-    @contextlib.contextmanager
-    def _phase(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        except BaseException:
-            self.failed_phase = name
-            raise
-        finally:
-            self.phases[name] = seconds = round(time.perf_counter() - start, 6)
-            extra = {"phase": name, "seconds": seconds, "model": self.spec.model}
-            extra["version"] = self.spec.name
-            if name == "download":
-                extra["bytes"] = self.fetch_stats.get("downloadedBytes", 0)
-                extra["totalBytes"] = self.fetch_stats.get("totalBytes", 0)
-            if name == "unpack":
-                extra["packagesUnpacked"] = self.fetch_stats.get("unpacked", 0)
-            log.info("cold start phase %s took %.3fs", name, seconds, extra=logs.fields(**extra))
 
     def status(self) -> dict[str, Any]:
         """What `GET /` shows of this version."""
