@@ -145,13 +145,13 @@ def _flag_config(args):
     """The configuration and the one version the model flags describe."""
     import dataclasses
 
-    from . import catalog
+    from . import version_fields
     from .config import Config
     from .errors import ConfigError
 
     fields = {f: getattr(args, f.replace("origin", "model_dir")) for f in _FLAGS}
     try:
-        spec = catalog.version_spec("local", "v1", fields, lambda f: _FLAGS.get(f, f))
+        spec = version_fields.version_spec("local", "v1", fields, lambda f: _FLAGS.get(f, f))
     except ConfigError as exc:
         raise _Usage(str(exc)) from exc
     config = Config(install_dependencies=args.install_dependencies)

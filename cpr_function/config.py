@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from . import catalog
+from . import catalog, version_fields
 from .catalog import Catalog
 from .errors import ConfigError
 
@@ -19,8 +19,8 @@ ISOLATIONS = ("auto", "process", "none")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_TRUE = catalog.TRUE_WORDS
-_FALSE = (*catalog.FALSE_WORDS, "")
+_TRUE = version_fields.TRUE_WORDS
+_FALSE = (*version_fields.FALSE_WORDS, "")
 
 # The single-model settings, by the version field each one sets.
 SINGLE_MODEL = {
@@ -153,8 +153,8 @@ class Config:
             ),
             **_microbatch(get, cls),
         )
-        model = catalog.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
-        version = catalog.check_name(get("CPR_VERSION_NAME") or "v1", "CPR_VERSION_NAME")
+        model = version_fields.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
+        version = version_fields.check_name(get("CPR_VERSION_NAME") or "v1", "CPR_VERSION_NAME")
         single = {field: get(name) for field, name in SINGLE_MODEL.items() if get(name)}
         if get("CPR_MODELS"):
             named = [SINGLE_MODEL[f] for f in single]
@@ -168,7 +168,7 @@ class Config:
         if not single:
             return cls.example(model, version, **settings)
         return cls(
-            catalog=catalog.single(model, version, single, SINGLE_MODEL.__getitem__),
+            catalog=version_fields.single(model, version, single, SINGLE_MODEL.__getitem__),
             **settings,
         )
 
@@ -234,7 +234,7 @@ def _microbatch(get, cls) -> dict:
         "microbatch_max_size": "CPR_MICROBATCH_MAX_SIZE",
         "microbatch_wait_ms": "CPR_MICROBATCH_WAIT_MS",
     }
-    fields = catalog.microbatch_fields(lambda field: get(names[field]), names.__getitem__)
+    fields = version_fields.microbatch_fields(lambda field: get(names[field]), names.__getitem__)
     return {k: getattr(cls, k) if v is None else v for k, v in fields.items()}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cpr_function import catalog
+from cpr_function import models_file
 from cpr_function.config import Config
 from cpr_function.errors import ConfigError, NotFound
 from cpr_function.http.app import App, load_catalog
@@ -28,7 +28,7 @@ models:
 
 
 def test_a_models_file_in_yaml():
-    parsed = catalog.parse(GOOD, "models.yaml")
+    parsed = models_file.parse(GOOD, "models.yaml")
     assert parsed.default_model == "churn"
     iris = parsed.model("iris")
     assert iris.default_version == "v2" and iris.description == "iris classifier"
@@ -49,7 +49,7 @@ def test_a_models_file_in_yaml():
 
 
 def test_json_is_read_too_and_one_version_is_its_own_default():
-    parsed = catalog.parse('{"models": {"m": {"versions": {"a": {"origin": "/x"}}}}}', "m.json")
+    parsed = models_file.parse('{"models": {"m": {"versions": {"a": {"origin": "/x"}}}}}', "m.json")
     assert parsed.model("m").version().name == "a"
     assert parsed.default_model == "m"
 
@@ -66,7 +66,7 @@ models:
       yaml_true: {origin: /z, microbatch: true, microbatchWaitMs: 0}
       unset: {origin: /w}
 """
-    model = catalog.parse(text, "m.yaml").model("m")
+    model = models_file.parse(text, "m.yaml").model("m")
     deployment = Config.from_env(
         {"CPR_MICROBATCH": "true", "CPR_MICROBATCH_MAX_SIZE": "32", "CPR_MICROBATCH_WAIT_MS": "3"}
     )
@@ -82,7 +82,7 @@ models:
 
 
 def test_unknown_names_are_404_with_what_exists():
-    parsed = catalog.parse(GOOD, "models.yaml")
+    parsed = models_file.parse(GOOD, "models.yaml")
     with pytest.raises(NotFound) as error:
         parsed.model("nope")
     assert str(error.value) == "no model named 'nope'; the models served here: iris, churn"
@@ -226,7 +226,7 @@ def test_unknown_names_are_404_with_what_exists():
 )
 def test_a_wrong_models_file_names_the_model_version_and_field(text, message):
     with pytest.raises(ConfigError) as error:
-        catalog.parse(text, "f.yaml")
+        models_file.parse(text, "f.yaml")
     assert message in str(error.value)
 
 
@@ -255,7 +255,7 @@ def test_the_app_reads_the_models_file_at_start(tmp_path):
 )
 def test_every_framework_spelling_ai_platform_took_is_read(spelled, framework, noted):
     text = f"models: {{m: {{versions: {{a: {{origin: /x, framework: {spelled}}}}}}}}}"
-    spec = catalog.parse(text, "models.yaml").model().version()
+    spec = models_file.parse(text, "models.yaml").model().version()
     assert spec.framework == framework
     assert [kind for kind, _ in spec.shims] == (["framework spelling"] if noted else [])
     single = Config.from_env({"CPR_ORIGIN": "/x", "CPR_FRAMEWORK": spelled})

@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import catalog as catalogs
-from .. import logs, protocol
+from .. import logs, models_file, protocol
 from ..catalog import Catalog
 from ..config import Config
-from ..errors import ConfigError, CprError, MethodNotAllowed
+from ..errors import CprError, MethodNotAllowed
 from ..loading.storage import Storage
 from ..serving.registry import Registry
 from . import resources, routes
@@ -224,17 +223,8 @@ def load_catalog(config: Config) -> Catalog:
     """
     if config.catalog is not None:
         return config.catalog
-    uri = config.models_file
     # A storage client of its own: this runs at import, in the gunicorn master, before the fork.
-    storage = Storage.configured(config)
-    try:
-        path = storage.fetch(storage.list_file(uri, what="models file")).path
-        text = path.read_text(encoding="utf-8")
-    except CprError as exc:
-        raise ConfigError(f"CPR_MODELS: {exc}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"CPR_MODELS: models file {uri} cannot be read: {exc}") from exc
-    return catalogs.parse(text, uri)
+    return models_file.load(config.models_file, Storage.configured(config))
 
 
 def _log_request(request, status: int, seconds: float, note: dict) -> None:
