@@ -1,4 +1,5 @@
-"""The HTTP surface: route a request, decode it, predict, encode the answer or the error."""
+"""The composition root and the HTTP envelope: a request routed to its handler, its answer
+encoded, every error answered here and only here, the request logged."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from ..config import Config
 from ..errors import CprError, MethodNotAllowed
 from ..loading.storage import Storage
 from ..serving.registry import Registry
-from . import resources, routes
+from . import routes
+from .handlers import Handlers
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +31,22 @@ class App:
         storage = storage or Storage.configured(config)
         self.catalog = load_catalog(config)
         self.registry = Registry(self.catalog, config, storage)
+        handlers = Handlers(config, self.catalog, self.registry)
         self._local_paths = [
             (str(config.cache_dir.resolve()), "<cache>"),
             (str(config.cache_dir), "<cache>"),
             (str(Path(__file__).resolve().parents[2]), "<function>"),
         ]
         self._actions = {
-            "status": self._status,
-            "predict": self._predict,
-            "vertex_predict": self._vertex_predict,
-            "list_models": self._list_models,
-            "get_model": self._get_model,
-            "list_versions": self._list_versions,
-            "get_version": self._get_version,
-            "get_endpoint": self._get_endpoint,
-            "openapi": self._openapi,
+            "status": handlers.status,
+            "predict": handlers.predict,
+            "vertex_predict": handlers.vertex_predict,
+            "list_models": handlers.list_models,
+            "get_model": handlers.get_model,
+            "list_versions": handlers.list_versions,
+            "get_version": handlers.get_version,
+            "get_endpoint": handlers.get_endpoint,
+            "openapi": handlers.openapi,
         }
 
     def __call__(self, request) -> Any:
@@ -131,87 +134,6 @@ class App:
                     log.error("warm-up of %s failed: %s", spec.key, exc)
 
         threading.Thread(target=run, name="cpr-warmup", daemon=True).start()
-
-    # Predictions
-
-    def _predict(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        spec = self.catalog.model(route.model).version(route.version)
-        note.update(model=spec.model, version=spec.name)
-        payload = protocol.parse_body(self._body(request))
-        note["instances"] = protocol.count(payload)
-        return self.registry.respond(spec, payload)
-
-    def _vertex_predict(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        model = self.catalog.model(route.model)
-        spec = model.version()
-        note.update(model=spec.model, version=spec.name)
-        payload = protocol.parse_body(self._body(request))
-        note["instances"] = protocol.count(payload)
-        body = self.registry.respond(spec, payload, vertex=True)
-        if not isinstance(body, dict):
-            return body
-        return {**body, **resources.prediction(route.project, route.location, model, spec)}
-
-    def _body(self, request) -> bytes:
-        return protocol.read_body(
-            request.stream, request.content_length, self.config.max_request_bytes
-        )
-
-    def _openapi(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        from . import openapi
-
-        model = self.catalog.model(route.model)
-        spec = model.version(route.version)
-        note.update(model=spec.model, version=spec.name)
-        if route.project is None:
-            paths = ["/predict", "/"]
-        else:
-            base = f"/v1/projects/{route.project}/models/{model.name}"
-            paths = [f"{base}/versions/{spec.name}:predict"]
-            if spec.name == model.default_version:
-                paths.insert(0, f"{base}:predict")
-        return openapi.document(
-            title=f"model {spec.model} version {spec.name}",
-            server=route.prefix,
-            paths=paths,
-            schemas=self.registry.schemas(spec),
-            google_errors=route.project is not None,
-        )
-
-    # Resources
-
-    def _list_models(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        state = self.registry.state
-        return {"models": [resources.model(route.project, m, state) for m in self.catalog.models]}
-
-    def _get_model(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        model = self.catalog.model(route.model)
-        return resources.model(route.project, model, self.registry.state)
-
-    def _list_versions(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        model = self.catalog.model(route.model)
-        state = self.registry.state
-        return {
-            "versions": [
-                resources.version(route.project, model, v, state(v)) for v in model.versions
-            ]
-        }
-
-    def _get_version(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        model = self.catalog.model(route.model)
-        spec = model.version(route.version)
-        return resources.version(route.project, model, spec, self.registry.state(spec))
-
-    def _get_endpoint(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        model = self.catalog.model(route.model)
-        return resources.endpoint(route.project, route.location, model)
-
-    def _status(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
-        return self.status()
-
-    def status(self) -> dict[str, Any]:
-        """The body of `GET /`."""
-        return {"config": self.config.describe(), **self.registry.status()}
 
 
 def load_catalog(config: Config) -> Catalog:
