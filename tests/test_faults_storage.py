@@ -34,7 +34,8 @@ import requests
 from conftest import IRIS, REPO, counting_env, iris_expected, make_tar, upload_file, version_status
 from kit_source import kit_files
 
-from cpr_function.loading.storage import ObjectChanged, Storage, StorageUnavailable
+from cpr_function.loading.gcs import ObjectChanged, StorageUnavailable
+from cpr_function.loading.storage import Storage
 
 SOAK = os.environ.get("CPR_SOAK") == "1"
 CRASH_BATCHES = 10 if SOAK else 1

@@ -1,48 +1,21 @@
-"""Fetching model directories and packages from Cloud Storage or local paths into the cache."""
+"""Model directories and packages from Cloud Storage or local paths, laid out in the cache."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import logging
 import os
 import shutil
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import LoadError
 from . import cache, ramp
+from .gcs import Blob, CloudStorage, split_gs
 
 log = logging.getLogger(__name__)
-
-
-class StorageUnavailable(LoadError):
-    """Cloud Storage could not be reached; the next request tries again."""
-
-    status_code = 503
-
-
-class ObjectChanged(StorageUnavailable):
-    """An object was rewritten or deleted between its listing and its download.
-
-    Nothing of it is cached, so the next request lists the model anew and fetches
-    the current version whole: a model directory is never a mix of two versions.
-    """
-
-
-@dataclasses.dataclass(frozen=True)
-class Blob:
-    """One Cloud Storage object as listed: enough to fetch it and check what arrived."""
-
-    bucket: str
-    name: str
-    generation: int
-    size: int
-    crc32c: str | None
-    md5: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +57,8 @@ class Storage:
         retry_seconds: float = 20.0,
     ):
         self._root = cache_root
-        self._client = client
-        self._client_lock = threading.Lock()
+        self._gcs = CloudStorage(client=client, retry_seconds=retry_seconds)
         self._parallelism = parallelism
-        self._retry_seconds = retry_seconds
 
     @classmethod
     def configured(cls, config) -> Storage:
@@ -106,9 +77,9 @@ class Storage:
                 raise LoadError(f"model directory {uri} is not a directory or does not exist")
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             return Listing(uri=uri, size=size, local=path)
-        bucket, prefix = _split_gs(uri)
+        bucket, prefix = split_gs(uri)
         prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-        blobs = tuple(b for b in self._list(bucket, prefix) if not b.name.endswith("/"))
+        blobs = tuple(b for b in self._gcs.list(bucket, prefix) if not b.name.endswith("/"))
         if not blobs:
             raise LoadError(f"model directory {uri} holds no objects")
         return Listing(uri=uri, size=sum(b.size for b in blobs), blobs=blobs, prefix=prefix)
@@ -124,8 +95,8 @@ class Storage:
             if not path.is_file():
                 raise LoadError(f"{what} {uri} does not exist")
             return Listing(uri=uri, size=path.stat().st_size, local=path, directory=False)
-        bucket, name = _split_gs(uri)
-        blobs = tuple(b for b in self._list(bucket, name) if b.name == name)
+        bucket, name = split_gs(uri)
+        blobs = tuple(b for b in self._gcs.list(bucket, name) if b.name == name)
         if not blobs:
             raise LoadError(f"{what} {uri} does not exist")
         return Listing(uri=uri, size=blobs[0].size, blobs=blobs, directory=False)
@@ -163,32 +134,6 @@ class Storage:
             log.info("removing what was downloaded for %s from the cache", uris)
             cache.discard(self._root, entries)
 
-    # Cloud Storage
-
-    @property
-    def client(self):
-        with self._client_lock:
-            if self._client is None:
-                import google.auth.exceptions
-                from google.cloud import storage
-
-                try:
-                    self._client = storage.Client()
-                except google.auth.exceptions.DefaultCredentialsError as exc:
-                    raise LoadError(
-                        "reading gs:// URIs needs Google credentials and none were found: on "
-                        "Cloud Functions, give the function a service account; locally, run "
-                        "`gcloud auth application-default login`"
-                    ) from exc
-            return self._client
-
-    def _list(self, bucket: str, prefix: str) -> list[Blob]:
-        with _translated(f"gs://{bucket}/{prefix}"):
-            return [
-                Blob(bucket, b.name, int(b.generation), int(b.size or 0), b.crc32c, b.md5_hash)
-                for b in self.client.list_blobs(bucket, prefix=prefix, retry=self._retry())
-            ]
-
     def _fetch_blobs(self, blobs: Iterable[Blob]) -> Fetched:
         blobs = list(blobs)
         cache.sweep(self._root / "objects")
@@ -206,60 +151,12 @@ class Storage:
 
     def _fetch_blob(self, blob: Blob) -> bool:
         return cache.materialize(
-            self._object_path(blob), lambda tmp: self._download(blob, tmp), sweep=False
+            self._object_path(blob), lambda tmp: self._gcs.download(blob, tmp), sweep=False
         )
 
     def _object_path(self, blob: Blob) -> Path:
         key = hashlib.sha256(f"{blob.bucket}/{blob.name}".encode()).hexdigest()[:40]
         return self._root / "objects" / f"{key}-{blob.generation}"
-
-    def _download(self, blob: Blob, dest: Path) -> None:
-        from google.api_core import exceptions as api
-
-        uri = f"gs://{blob.bucket}/{blob.name}"
-        log.info("downloading %s generation %d (%d bytes)", uri, blob.generation, blob.size)
-        # Pinned to the listed generation, so a rewrite cannot slip other bytes in.
-        handle = self.client.bucket(blob.bucket).blob(blob.name, generation=blob.generation)
-        with _translated(uri), open(dest, "wb") as raw:
-            out = _HashingWriter(raw, blob)
-            try:
-                handle.download_to_file(
-                    out,
-                    raw_download=True,
-                    checksum=None,
-                    if_generation_match=blob.generation,
-                    retry=self._retry(),
-                )
-            except (api.NotFound, api.PreconditionFailed) as exc:
-                raise _changed(blob, self._live_generation(blob)) from exc
-        mismatch = out.mismatch(blob)
-        if mismatch is None:
-            return
-        # A server that ignores the generation asked for serves the new bytes of a
-        # rewritten object; tell that apart from bytes damaged on the way.
-        live = self._live_generation(blob)
-        if live != blob.generation:
-            raise _changed(blob, live)
-        raise StorageUnavailable(f"download of {uri} is corrupt: {mismatch}; it was discarded")
-
-    def _live_generation(self, blob: Blob) -> int | None:
-        """The generation Cloud Storage holds now under the blob's name; None if it holds none.
-
-        When that cannot be learnt, the listed generation is assumed.
-        """
-        try:
-            with _translated(f"gs://{blob.bucket}/{blob.name}"):
-                found = self.client.bucket(blob.bucket).get_blob(blob.name, retry=self._retry())
-        except LoadError:
-            return blob.generation
-        return None if found is None else int(found.generation)
-
-    def _retry(self):
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
-        # The library's default keeps retrying for two minutes; a cold start
-        # should rather answer 503 sooner and let the next request try again.
-        return DEFAULT_RETRY.with_timeout(self._retry_seconds)
 
     def _folder_path(self, listing: Listing) -> Path:
         members = sorted((_relative(b, listing), b) for b in listing.blobs)
@@ -292,56 +189,6 @@ class Storage:
         return final
 
 
-class _HashingWriter:
-    """Writes through to a file while computing the checksum the listing gives for the object.
-
-    Only that one: CRC32C when listed (Cloud Storage lists it for every object), else MD5.
-    Computing MD5 as well took a fifth of the downloading process's CPU time.
-    """
-
-    def __init__(self, raw, blob: Blob):
-        self._raw = raw
-        self._hash = None
-        if blob.crc32c:
-            import google_crc32c
-
-            self._hash = google_crc32c.Checksum()
-        elif blob.md5:
-            self._hash = hashlib.md5()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        if self._hash is not None:
-            self._hash.update(data)
-        self.size += len(data)
-        return self._raw.write(data)
-
-    def mismatch(self, blob: Blob) -> str | None:
-        """What differs between the bytes that passed and the listed object; None if nothing."""
-        if self._hash is not None:
-            expected = blob.crc32c or blob.md5
-            got = base64.b64encode(self._hash.digest()).decode()
-            kind = "CRC32C" if blob.crc32c else "MD5"
-        else:
-            expected = got = None
-            kind = "size"
-        if expected == got and self.size == blob.size:
-            return None
-        return (
-            f"expected {blob.size} bytes with {kind} {expected}, "
-            f"received {self.size} bytes with {kind} {got}"
-        )
-
-
-def _changed(blob: Blob, live: int | None) -> ObjectChanged:
-    now = "no such object" if live is None else f"generation {live}"
-    return ObjectChanged(
-        f"gs://{blob.bucket}/{blob.name} changed after it was listed: expected generation "
-        f"{blob.generation}, Cloud Storage now holds {now}; nothing of it was cached, and the "
-        "next request fetches the current version"
-    )
-
-
 def _relative(blob: Blob, listing: Listing) -> str:
     rel = blob.name[len(listing.prefix) :]
     parts = rel.split("/")
@@ -353,59 +200,7 @@ def _relative(blob: Blob, listing: Listing) -> str:
     return rel
 
 
-def _split_gs(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri[len("gs://") :].partition("/")
-    if not bucket:
-        raise LoadError(f"expected gs://bucket/path, got {uri!r}")
-    return bucket, name
-
-
 def _local_path(uri: str) -> Path:
     if uri.startswith("file://"):
         return Path(unquote(urlparse(uri).path))
     return Path(uri).expanduser()
-
-
-class _translated:
-    """Turns Cloud Storage client errors into our errors, naming the URI."""
-
-    def __init__(self, uri: str):
-        self._uri = uri
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is None or isinstance(exc, LoadError):
-            return False
-        import google.auth.exceptions as auth
-        from google.api_core import exceptions as api
-
-        # Retries that ran out wrap the last failure: name that one.
-        retried = isinstance(exc, api.RetryError) and exc.cause is not None
-        cause = exc.cause if retried else exc
-        if isinstance(cause, auth.TransportError):
-            raise StorageUnavailable(
-                f"Google authentication could not be reached for {self._uri}"
-            ) from exc
-        if isinstance(cause, auth.GoogleAuthError):
-            raise LoadError(f"Google credentials were refused for {self._uri}: {cause}") from exc
-        if isinstance(cause, api.NotFound):
-            raise LoadError(f"{self._uri} was not found in Cloud Storage") from exc
-        if isinstance(cause, api.Forbidden | api.Unauthorized):
-            raise LoadError(f"access to {self._uri} was refused: {cause.message}") from exc
-        # Only transient failures are retried, whatever the last one was.
-        if retried or isinstance(cause, api.GoogleAPIError | OSError) or _is_transport_error(cause):
-            raise StorageUnavailable(
-                f"Cloud Storage could not be reached for {self._uri}: {type(cause).__name__}"
-                + (", still failing when the retries ran out" if retried else "")
-            ) from exc
-        return False
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    import requests
-    import urllib3
-
-    # A body cut short surfaces as urllib3's ProtocolError, unwrapped by requests.
-    return isinstance(exc, requests.RequestException | urllib3.exceptions.HTTPError)

@@ -15,7 +15,8 @@ from ..compat.shims import Shims
 from ..config import Config
 from ..errors import LoadError
 from ..loading import packages
-from ..loading.storage import Listing, ObjectChanged, Storage
+from ..loading.gcs import ObjectChanged
+from ..loading.storage import Listing, Storage
 from . import batching, gcpause, predictor
 
 log = logging.getLogger(__name__)
