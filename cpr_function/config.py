@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from . import catalog, version_fields
+from . import catalog, setting_values, version_fields
 from .catalog import Catalog
 from .errors import ConfigError
 
@@ -17,10 +16,6 @@ EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 ISOLATIONS = ("auto", "process", "none")
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_TRUE = version_fields.TRUE_WORDS
-_FALSE = (*version_fields.FALSE_WORDS, "")
 
 # The single-model settings, by the version field each one sets.
 SINGLE_MODEL = {
@@ -123,11 +118,11 @@ class Config:
                 f"CPR_ISOLATION must be one of {', '.join(ISOLATIONS)}; got {raw_isolation!r}"
             )
         budget = get("CPR_MEMORY_BUDGET")
-        log_format = _choice(get, "CPR_LOG_FORMAT", LOG_FORMATS, "auto")
+        log_format = setting_values.choice(get, "CPR_LOG_FORMAT", LOG_FORMATS, "auto")
         warmup = (get("CPR_WARMUP") or "none").lower()
-        if warmup in _TRUE:
+        if warmup in setting_values.TRUE:
             warmup = "default"
-        elif warmup in _FALSE:
+        elif warmup in setting_values.FALSE:
             warmup = "none"
         if warmup not in WARMUPS:
             raise ConfigError(
@@ -136,20 +131,23 @@ class Config:
                 f"got {get('CPR_WARMUP')!r}"
             )
         settings = dict(
-            max_model_bytes=_size(get, "CPR_MAX_MODEL_BYTES", cls.max_model_bytes),
-            max_request_bytes=_size(get, "CPR_MAX_REQUEST_BYTES", cls.max_request_bytes),
+            max_model_bytes=setting_values.size(get, "CPR_MAX_MODEL_BYTES", cls.max_model_bytes),
+            max_request_bytes=setting_values.size(
+                get, "CPR_MAX_REQUEST_BYTES", cls.max_request_bytes
+            ),
             cache_dir=Path(get("CPR_CACHE_DIR") or cls.cache_dir),
-            install_dependencies=_flag(get, "CPR_INSTALL_DEPENDENCIES", False),
-            delete_after_load=_flag(get, "CPR_DELETE_AFTER_LOAD", False),
-            legacy_compat=_flag(get, "CPR_LEGACY_COMPAT", True),
+            install_dependencies=setting_values.flag(get, "CPR_INSTALL_DEPENDENCIES", False),
+            delete_after_load=setting_values.flag(get, "CPR_DELETE_AFTER_LOAD", False),
+            legacy_compat=setting_values.flag(get, "CPR_LEGACY_COMPAT", True),
             isolation=isolation,
-            memory_budget=_size(get, "CPR_MEMORY_BUDGET", 0) if budget else None,
+            memory_budget=setting_values.size(get, "CPR_MEMORY_BUDGET", 0) if budget else None,
             log_format=log_format,
-            request_log=_choice(get, "CPR_REQUEST_LOG", tuple(REQUEST_LOGS), "all"),
+            request_log=setting_values.choice(get, "CPR_REQUEST_LOG", tuple(REQUEST_LOGS), "all"),
             warmup=warmup,
-            predict_timeout=_seconds(get, "CPR_PREDICT_TIMEOUT"),
+            predict_timeout=setting_values.seconds(get, "CPR_PREDICT_TIMEOUT"),
             storage_retry_seconds=(
-                _seconds(get, "CPR_STORAGE_RETRY_SECONDS") or cls.storage_retry_seconds
+                setting_values.seconds(get, "CPR_STORAGE_RETRY_SECONDS")
+                or cls.storage_retry_seconds
             ),
             **_microbatch(get, cls),
         )
@@ -236,56 +234,3 @@ def _microbatch(get, cls) -> dict:
     }
     fields = version_fields.microbatch_fields(lambda field: get(names[field]), names.__getitem__)
     return {k: getattr(cls, k) if v is None else v for k, v in fields.items()}
-
-
-def _size(get, name: str, default: int) -> int:
-    raw = get(name)
-    if raw is None:
-        return default
-    match = _SIZE.match(raw)
-    if not match:
-        raise ConfigError(
-            f"{name} must be a size in bytes such as 500000000, 500MB or 1GiB; got {raw!r}"
-        )
-    number, unit = float(match[1]), (match[2] or "").lower()
-    base = 1024 if "i" in unit else 1000
-    factor = _UNITS[unit[:1]] if base == 1000 else base ** "bkmgt".index(unit[0])
-    value = int(number * factor)
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive size; got {raw!r}")
-    return value
-
-
-def _seconds(get, name: str) -> float | None:
-    raw = get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise ConfigError(
-            f"{name} must be a positive number of seconds such as 30 or 2.5; got {raw!r}"
-        )
-    return value
-
-
-def _choice(get, name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = get(name)
-    if raw is None:
-        return default
-    if raw.lower() not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
-    return raw.lower()
-
-
-def _flag(get, name: str, default: bool) -> bool:
-    raw = get(name)
-    if raw is None:
-        return default
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise ConfigError(f"{name} must be true or false; got {raw!r}")

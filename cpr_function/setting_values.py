@@ -1,0 +1,70 @@
+"""Reading one `CPR_*` setting's text: a size, a number of seconds, a choice or a flag.
+
+Each reader takes `get` (the setting's text by name, None when unset) and the setting's
+name, which every error names with what it takes and what it received.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ConfigError
+from .version_fields import FALSE_WORDS, TRUE_WORDS
+
+TRUE = TRUE_WORDS
+FALSE = (*FALSE_WORDS, "")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def size(get, name: str, default: int) -> int:
+    raw = get(name)
+    if raw is None:
+        return default
+    match = _SIZE.match(raw)
+    if not match:
+        raise ConfigError(
+            f"{name} must be a size in bytes such as 500000000, 500MB or 1GiB; got {raw!r}"
+        )
+    number, unit = float(match[1]), (match[2] or "").lower()
+    base = 1024 if "i" in unit else 1000
+    factor = _UNITS[unit[:1]] if base == 1000 else base ** "bkmgt".index(unit[0])
+    value = int(number * factor)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive size; got {raw!r}")
+    return value
+
+
+def seconds(get, name: str) -> float | None:
+    raw = get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(
+            f"{name} must be a positive number of seconds such as 30 or 2.5; got {raw!r}"
+        )
+    return value
+
+
+def choice(get, name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = get(name)
+    if raw is None:
+        return default
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return raw.lower()
+
+
+def flag(get, name: str, default: bool) -> bool:
+    raw = get(name)
+    if raw is None:
+        return default
+    if raw.lower() in TRUE:
+        return True
+    if raw.lower() in FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false; got {raw!r}")
