@@ -54,7 +54,7 @@ from pathlib import Path
 warnings.simplefilter("ignore")
 sys.path.insert(0, sys.argv[3])
 from cpr_function.compat import legacy
-from cpr_function.frameworks import binary_booster
+from cpr_function.compat import binary_booster
 legacy.install()
 old, today = Path(sys.argv[1]), Path(sys.argv[2])
 if sys.argv[4] == "xgboost":

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .catalog import Catalog, ModelSpec, VersionSpec
-from .compat.shims import FRAMEWORK_SPELLING
 from .errors import ConfigError
+from .shims import FRAMEWORK_SPELLING
 
 FRAMEWORKS = ("scikit-learn", "xgboost", "tensorflow", "mlflow")
 

@@ -15,9 +15,9 @@ import pytest
 from conftest import make_tar
 from kit_source import kit_files
 
+from cpr_function.predictor import Routine, VertexRoutine
 from cpr_function.serving import batching
 from cpr_function.serving.batching import Batched, Batcher
-from cpr_function.serving.predictor import Routine, VertexRoutine
 
 # The Batcher, in this process
 

@@ -463,7 +463,7 @@ import sys
 from pathlib import Path
 import tensorflow as tf
 sys.path.insert(0, sys.argv[2])
-from cpr_function.frameworks import keras_files
+from cpr_function.compat import keras_files
 
 root = Path(sys.argv[1])
 tf.saved_model.save(tf.Module(), str(root / "export" / "1"))

@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from .. import shims
 from ..errors import LoadError
-from . import shims
 
 _FLAG = "TF_USE_LEGACY_KERAS"
 
@@ -30,7 +30,7 @@ def choose(model_dir: Path, noted: shims.Shims) -> None:
     Raises:
         LoadError: TensorFlow was imported here with Keras 3 already.
     """
-    from ..frameworks import keras_files
+    from . import keras_files
 
     if not _h5_below(model_dir):
         return  # the common case, without opening a file

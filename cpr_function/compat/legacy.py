@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 
-from . import shims
+from .. import shims
 
 _installed = False
 _lock = threading.Lock()

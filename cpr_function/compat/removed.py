@@ -14,7 +14,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from . import onimport, shims
+from .. import shims
+from . import onimport
 
 # What an old name is today: the release that removed it, today's name, and a getter.
 Entry = tuple[str, str, Callable[[], Any]]

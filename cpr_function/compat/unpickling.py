@@ -53,7 +53,8 @@ from __future__ import annotations
 
 import functools
 
-from . import onimport, shims
+from .. import shims
+from . import onimport
 
 
 def install() -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import struct
 
-from . import onimport, shims
+from .. import shims
+from . import onimport
 
 _CONFIG_HEADER = b"CONFIG-offset:"
 
@@ -37,7 +38,7 @@ def model_of(handle: bytes) -> tuple[bytes, str] | None:
         ImportError: it is a binary model, and Treelite is not installed.
         Exception: the bytes cannot be read as any old serialization.
     """
-    from ..frameworks import binary_booster
+    from . import binary_booster
 
     data = bytes(handle)
     if data[:1] == b"{" and data[1:2].isalpha():

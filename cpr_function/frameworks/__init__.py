@@ -11,9 +11,9 @@ import importlib
 import logging
 from pathlib import Path
 
+from ..compat import provenance
 from ..errors import LoadError
-from ..serving.predictor import Servable
-from . import provenance
+from ..predictor import Servable
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..compat import shims
+from .. import shims
+from ..compat import binary_booster, provenance
 from ..errors import BadRequest, LoadError
-from ..serving.predictor import Routine
-from . import binary_booster, features, provenance
+from ..predictor import Routine
+from . import features
 from .features import ANY, CODE, NUMBER, Feature
 
 

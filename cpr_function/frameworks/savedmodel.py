@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol
+from ..compat import keras_files, provenance
 from ..errors import BadRequest, LoadError
-from . import keras_files, provenance, savedmodel_schemas
+from . import savedmodel_schemas
 from .savedmodel_signatures import DEFAULT_SIGNATURE, Signature
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from ..compat.shims import PREDICTION_COUNT, Shims
 from ..errors import BadRequest, CprError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..protocol import dumps
+from ..shims import PREDICTION_COUNT, Shims
 
 log = logging.getLogger(__name__)
 

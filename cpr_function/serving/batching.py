@@ -37,7 +37,7 @@ import orjson
 
 from .. import protocol
 from ..errors import PredictTimeout
-from .predictor import Routine
+from ..predictor import Routine
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from .. import frameworks, logs
 from ..catalog import VersionSpec
 from ..compat import keras2, legacy
-from ..compat.shims import Shims
 from ..config import Config
 from ..errors import LoadError
 from ..loading import packages
 from ..loading.gcs import ObjectChanged
 from ..loading.storage import Listing, Storage
-from . import batching, gcpause, predictor
+from ..shims import Shims
+from . import batching, gcpause, routine
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,14 @@ class ColdStart:
                 provided = [m for p in unpacked for m in p.modules]
                 if self._claim is not None:
                     self._claim(spec, provided)
-                predictor.activate(roots, provided)
+                routine.activate(roots, provided)
                 if roots_after:
                     sys.path.extend(str(r) for r in roots_after)
                 if spec.prediction_class:
-                    cls = predictor.resolve(spec.prediction_class, provided)
+                    cls = routine.resolve(spec.prediction_class, provided)
             with self._phase("from_path"):
                 if spec.prediction_class:
-                    loaded = predictor.construct(cls, model_dir, self._shims)
+                    loaded = routine.construct(cls, model_dir, self._shims)
                 else:
                     loaded = frameworks.load(model_dir, spec.framework)
                 loaded = batching.wrap(loaded, **config.microbatch_for(spec)._asdict())

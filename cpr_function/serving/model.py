@@ -10,10 +10,10 @@ from typing import Any
 
 from ..catalog import VersionSpec
 from ..compat import legacy
-from ..compat.shims import Shims
 from ..config import Config
 from ..errors import CprError, PredictorError, PredictTimeout, Relayed
 from ..loading.storage import Storage
+from ..shims import Shims
 from . import batching
 from .coldstart import ColdStart
 

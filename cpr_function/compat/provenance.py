@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..compat import shims
+from .. import shims
 
 # The key scikit-learn stores in each estimator's pickled state, then its value nearby
 # (whatever pickle protocol wrote the string).

@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 
-from .. import logs
+from . import logs
 
 log = logging.getLogger(__name__)
 
