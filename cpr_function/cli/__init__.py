@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from .errors import CprError
+from ..errors import CprError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +106,7 @@ def _model_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> N
 
 
 def _predict(args) -> int:
-    from .remote import client
+    from ..remote import client
 
     instances = _read_instances(args.json_instances)
     try:
@@ -145,9 +145,9 @@ def _flag_config(args):
     """The configuration and the one version the model flags describe."""
     import dataclasses
 
-    from . import version_fields
-    from .config import Config
-    from .errors import ConfigError
+    from .. import version_fields
+    from ..config import Config
+    from ..errors import ConfigError
 
     fields = {f: getattr(args, f.replace("origin", "model_dir")) for f in _FLAGS}
     try:
@@ -161,10 +161,10 @@ def _flag_config(args):
 
 
 def _local_predict(args) -> int:
-    from . import protocol
-    from .loading.storage import Storage
-    from .logs import configure
-    from .serving.model import LazyModel
+    from .. import protocol
+    from ..loading.storage import Storage
+    from ..logs import configure
+    from ..serving.model import LazyModel
 
     configure("text")
     config, spec = _flag_config(args)
@@ -184,10 +184,10 @@ def _local_predict(args) -> int:
 def _check(args) -> int:
     import os
 
+    from ..config import Config
+    from ..errors import ConfigError
+    from ..logs import configure
     from .check import report
-    from .config import Config
-    from .errors import ConfigError
-    from .logs import configure
 
     configure("text", level=30)  # the report says what happened; warnings still show
     instance = None
@@ -213,7 +213,7 @@ def _check(args) -> int:
 def _serve(args) -> int:
     import os
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     main = repo / "main.py"
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(repo), os.environ.get("PYTHONPATH")) if p

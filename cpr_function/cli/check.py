@@ -6,9 +6,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .catalog import VersionSpec
-from .config import Config
-from .errors import CprError
+from ..catalog import VersionSpec
+from ..config import Config
+from ..errors import CprError
 
 PHASES = ("download", "unpack", "import", "from_path")
 
@@ -20,7 +20,7 @@ def report(config: Config, specs: Sequence[VersionSpec] | None, instance: Any, o
         Whether every step of every version succeeded.
     """
     if specs is None:
-        from .http.app import load_catalog
+        from ..http.app import load_catalog
 
         try:
             catalog = load_catalog(config)
@@ -38,8 +38,8 @@ def _version(config: Config, spec: VersionSpec, instance: Any, out: TextIO) -> b
     print(f"model {spec.model} version {spec.name}", file=out)
     if not spec.in_process:
         return _forward(spec, instance, out)
-    from .loading.storage import Storage
-    from .serving.model import LazyModel
+    from ..loading.storage import Storage
+    from ..serving.model import LazyModel
 
     model = LazyModel(spec, config, Storage.configured(config))
     shown = _ShimLines(model.shims, out)
@@ -88,7 +88,7 @@ class _ShimLines:
 
 
 def _forward(spec: VersionSpec, instance: Any, out: TextIO) -> bool:
-    from .remote.forward import Forwarder
+    from ..remote.forward import Forwarder
 
     forwarder = Forwarder(spec)
     print(f"  ok   forward    to {forwarder.upstream.target.shown}", file=out)
@@ -99,7 +99,7 @@ def _forward(spec: VersionSpec, instance: Any, out: TextIO) -> bool:
 
 
 def _predict(call, out: TextIO) -> bool:
-    from . import protocol
+    from .. import protocol
 
     start = time.perf_counter()
     try:
