@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 from typing import Any
@@ -11,6 +10,7 @@ from ..catalog import Catalog, VersionSpec
 from ..config import Config
 from ..errors import LoadError
 from ..loading.storage import Storage
+from .budget import MemoryBudget
 from .model import LazyModel
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,8 @@ class Registry:
 
     With process isolation each in-process version lives in a child process of
     its own, and the least recently used ones are ended while the loaded
-    versions' memory exceeds the budget. Without it, versions share this
-    process and must not ship modules of the same name.
+    versions' memory exceeds the budget (`budget`). Without it, versions share
+    this process and must not ship modules of the same name.
     """
 
     def __init__(self, catalog: Catalog, config: Config, storage: Storage):
@@ -34,9 +34,9 @@ class Registry:
         else:
             self.isolation = config.isolation
         self._lock = threading.Lock()
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._claims: dict[str, str] = {}
         self._handles = {v.key: self._handle(v, storage) for v in catalog.versions()}
+        self._budget = MemoryBudget(config.memory_budget, self._handles)
 
     def _handle(self, spec: VersionSpec, storage: Storage):
         if not spec.in_process:
@@ -58,7 +58,7 @@ class Registry:
         """
         handle = self._handles[spec.key]
         body = handle.respond(payload, vertex=vertex)
-        self._used(spec.key)
+        self._budget.used(spec.key)
         return body
 
     def schemas(self, spec: VersionSpec) -> dict[str, Any] | None:
@@ -68,7 +68,7 @@ class Registry:
             CprError: the version failed to load.
         """
         schemas = self._handles[spec.key].schemas()
-        self._used(spec.key)
+        self._budget.used(spec.key)
         return schemas
 
     def load(self, spec: VersionSpec) -> None:
@@ -80,38 +80,12 @@ class Registry:
         handle = self._handles[spec.key]
         if hasattr(handle, "get"):
             handle.get()
-            self._used(spec.key)
+            self._budget.used(spec.key)
 
     def state(self, spec: VersionSpec) -> tuple[str, str | None]:
         """The version's v1 state: READY unless its last load failed."""
         error = getattr(self._handles[spec.key], "last_error", None)
         return ("FAILED", error) if error else ("READY", None)
-
-    def _used(self, key: str) -> None:
-        if self._config.memory_budget is None and key in self._recent:
-            return  # without a budget, which versions were used matters, not in what order
-        with self._lock:
-            self._recent[key] = None
-            self._recent.move_to_end(key)
-            victims = self._over_budget(keep=key)
-        for victim in victims:
-            log.info("unloading %s, least recently used, to stay within CPR_MEMORY_BUDGET", victim)
-            self._handles[victim].unload()
-
-    def _over_budget(self, keep: str) -> list[str]:
-        budget = self._config.memory_budget
-        if budget is None:
-            return []
-        sizes = {k: _memory(self._handles[k]) for k in self._recent}
-        total, victims = sum(sizes.values()), []
-        for key in list(self._recent):
-            if total <= budget:
-                break
-            if key != keep:
-                victims.append(key)
-                total -= sizes[key]
-                del self._recent[key]
-        return victims
 
     def _claim(self, spec: VersionSpec, modules: list[str]) -> None:
         with self._lock:
@@ -137,17 +111,12 @@ class Registry:
             models.append(
                 {"name": model.name, "defaultVersion": model.default_version, "versions": versions}
             )
-        loaded = [self._handles[k] for k in self._recent]
         return {
             "defaultModel": self.catalog.default_model,
             "isolation": self.isolation,
-            "loadedMemoryBytes": sum(_memory(h) for h in loaded),
+            "loadedMemoryBytes": self._budget.loaded_bytes(),
             "models": models,
         }
-
-
-def _memory(handle) -> int:
-    return (getattr(handle, "memory", None) or 0) if handle.loaded else 0
 
 
 def _describe(spec: VersionSpec, config: Config) -> dict[str, Any]:
