@@ -1,4 +1,4 @@
-"""The README's benchmark commands still run: each script of bench/, briefly.
+"""The benchmark commands of docs/benchmarks.md still run: each script of bench/, briefly.
 
 Short runs measure nothing worth keeping; they catch a script broken by a change to the
 code it measures (a renamed setting, a moved module, a different status body) before
