@@ -1,33 +1,7 @@
 """Cloud Functions entry point: `functions-framework --target predict`.
 
-Importing this file reads the configuration (and a models file) and nothing else: no
-model is downloaded or loaded before the first request, so the gunicorn master that
-imports it before forking workers stays light. With CPR_WARMUP, each worker starts
-loading right after the fork.
+The entry point is this one line; the code is the `cpr_function` package (its
+`function` module builds the app).
 """
 
-import os
-
-import functions_framework
-from werkzeug.exceptions import HTTPException
-
-from cpr_function.config import Config
-from cpr_function.http.app import App
-from cpr_function.logs import configure
-
-_config = Config.from_env(os.environ)
-configure(_config.log_format)
-_app = App(_config)
-if _config.warmup != "none":
-    os.register_at_fork(after_in_child=_app.warm_up)
-
-
-def predict(request):
-    """Answers a prediction, status or error for one HTTP request."""
-    return _app(request)
-
-
-@functions_framework.errorhandler(HTTPException)
-def _http_error(exc: HTTPException):
-    """What the host refuses before `predict` runs (a path it cannot route) answers JSON too."""
-    return _app.refused(exc)
+from cpr_function import predict  # noqa: F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 
 import functions_framework
 import pytest
@@ -21,6 +22,8 @@ def client_for(monkeypatch, tmp_path):
         monkeypatch.setenv("CPR_CACHE_DIR", str(tmp_path / "cache"))
         for key, value in env.items():
             monkeypatch.setenv(key, value)
+        # The entry point builds its app once per process, at import: import it anew.
+        monkeypatch.delitem(sys.modules, "cpr_function.function", raising=False)
         return functions_framework.create_app("predict", str(REPO / "main.py")).test_client()
 
     return make

@@ -213,13 +213,14 @@ def _check(args) -> int:
 def _serve(args) -> int:
     import os
 
-    repo = Path(__file__).resolve().parents[2]
-    main = repo / "main.py"
+    # The package's own entry point: no main.py needed, in a checkout or installed.
+    package = Path(__file__).resolve().parents[1]
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(repo), os.environ.get("PYTHONPATH")) if p
+        p for p in (str(package.parent), os.environ.get("PYTHONPATH")) if p
     )
+    entry = package / "function.py"
     command = [sys.executable, "-m", "functions_framework", "--target", "predict"]
-    command += ["--source", str(main), "--host", args.host, "--port", str(args.port)]
+    command += ["--source", str(entry), "--host", args.host, "--port", str(args.port)]
     if args.debug:
         command.append("--debug")
     if args.workers:
