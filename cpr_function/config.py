@@ -12,7 +12,11 @@ from . import catalog, setting_values, version_fields
 from .catalog import Catalog
 from .errors import ConfigError
 
-EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples"
+# The bundled example: inside the installed package, or beside it in this repository.
+_HERE = Path(__file__).resolve().parent
+EXAMPLE_DIR = next(
+    (d for d in (_HERE / "example", _HERE.parent / "examples") if d.is_dir()), _HERE / "example"
+)
 
 ISOLATIONS = ("auto", "process", "none")
 

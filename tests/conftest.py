@@ -488,3 +488,64 @@ def assert_schemathesis_finds_nothing(
         cwd=workdir,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The package's wheel, built once from a copy of this checkout's sources (no index, no
+    build isolation: the build backend is this run's own setuptools)."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    source.mkdir()
+    for item in ["pyproject.toml", "README.md", "cpr_function", "examples"]:
+        shutil.copytree(REPO / item, source / item) if (REPO / item).is_dir() else shutil.copy2(
+            REPO / item, source / item
+        )
+    for requirements in REPO.glob("requirements*.txt"):
+        shutil.copy2(requirements, source / requirements.name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel"]
+    build = [*pip, "--no-build-isolation", "--no-deps", "--no-index", "-w", str(tmp / "dist")]
+    done = subprocess.run([*build, str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (built,) = (tmp / "dist").glob("cpr_function-*.whl")
+    return built
+
+
+def venv_with(tmp: Path, install: list[str], *, cwd: Path | None = None) -> Path:
+    """A fresh virtualenv in `tmp` with `pip install --no-deps --no-index *install` run in
+    `cwd`; the dependencies are this test run's own, seen through a .pth file (tests reach
+    loopback only: what is checked is what pip installs from the files given)."""
+    import sysconfig
+
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
+    done = subprocess.run(
+        [*pip, "--no-deps", "--no-index", *install], cwd=cwd, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (purelib,) = (venv / "lib").glob("python3.*/site-packages")
+    (purelib / "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv
+
+
+@contextlib.contextmanager
+def listening(command: list[str], *, cwd: Path, env: dict[str, str]):
+    """Runs `command`, `{port}` in it replaced by a free port; yields the URL it listens on,
+    and ends it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [arg.replace("{port}", str(port)) for arg in command],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import orjson
-
 from ..errors import CprError
 
 
@@ -26,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cpr_function")
+    installed = Path(sys.argv[0]).name == "cpr-function"
+    parser = argparse.ArgumentParser(prog="cpr-function" if installed else "python -m cpr_function")
     commands = parser.add_subparsers(required=True, metavar="command")
     predict = commands.add_parser(
         "predict",
@@ -88,7 +87,33 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=_positive, help="threads per worker")
     serve.add_argument("--debug", action="store_true", help="Flask's debug server instead")
     serve.set_defaults(run=_serve)
+
+    init = commands.add_parser(
+        "init",
+        help="write a function's source: main.py and requirements.txt",
+        description="Writes DIR/main.py (from cpr_function import predict) and "
+        "DIR/requirements.txt (the package, with extras), never over existing files.",
+    )
+    init.add_argument("dir", metavar="DIR", type=Path)
+    init.add_argument(
+        "--extras", default="", help="comma-separated: xgboost, tensorflow, mlflow, frameworks"
+    )
+    init.add_argument("--wheel", type=Path, help="a built wheel to copy and name instead")
+    init.set_defaults(run=_init)
     return parser
+
+
+def _init(args) -> int:
+    from . import init
+
+    extras = [e.strip() for e in args.extras.split(",") if e.strip()]
+    try:
+        written = init.write(args.dir, extras=extras, wheel=args.wheel)
+    except init.Refused as exc:
+        raise _Usage(str(exc)) from exc
+    for path in written:
+        print(path)
+    return 0
 
 
 def _model_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -106,6 +131,8 @@ def _model_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> N
 
 
 def _predict(args) -> int:
+    import orjson
+
     from ..remote import client
 
     instances = _read_instances(args.json_instances)
@@ -161,6 +188,8 @@ def _flag_config(args):
 
 
 def _local_predict(args) -> int:
+    import orjson
+
     from .. import protocol
     from ..loading.storage import Storage
     from ..logs import configure
@@ -183,6 +212,8 @@ def _local_predict(args) -> int:
 
 def _check(args) -> int:
     import os
+
+    import orjson
 
     from ..config import Config
     from ..errors import ConfigError
@@ -232,6 +263,8 @@ def _serve(args) -> int:
 
 
 def _read_instances(name: str) -> list:
+    import orjson
+
     try:
         data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
     except OSError as exc:
