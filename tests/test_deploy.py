@@ -53,7 +53,7 @@ def deploys(calls: list[list[str]]) -> list[list[str]]:
     return [c for c in calls if c[:2] == ["functions", "deploy"]]
 
 
-BASE = ["functions", "deploy", "fn", "--gen2", "--runtime", "python312"]
+BASE = ["functions", "deploy", "fn", "--gen2", "--runtime", "python311"]
 BASE += ["--region", "us-central1", "--trigger-http", "--entry-point", "predict"]
 BASE += ["--source", str(REPO)]
 
@@ -206,7 +206,7 @@ def test_dry_run_prints_the_command_and_deploys_nothing(deploy):
     )
     assert status == 0, err
     assert deploys(calls) == []
-    assert out.startswith("gcloud functions deploy fn --gen2 --runtime python312 --region r ")
+    assert out.startswith("gcloud functions deploy fn --gen2 --runtime python311 --region r ")
     assert "CPR_ORIGIN=examples/model" in out.replace("\\", "")
 
 
