@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Deploys this repository as a Cloud Functions (2nd gen) HTTP function serving a model.
+# Deploys a Cloud Functions (2nd gen) HTTP function serving a model, or a Cloud Run
+# function (--target run). The source uploaded is staged apart from this repository:
+# main.py, requirements.txt and the package's wheel built from this checkout (plus any
+# local model files the settings name), never the tests and benchmarks.
 #
 #   ./deploy.sh NAME --region us-central1 --origin gs://b/model \
 #       --package-uris gs://b/staging/my_custom_code-0.1.tar.gz \
@@ -25,17 +28,22 @@ What to serve (the flags of `gcloud ai-platform versions create`, plus two):
   --model-name NAME, --version-name NAME
   --warmup                  load the model when an instance starts, not on its first request
   --env KEY=VALUE           any other CPR_* setting (repeatable)
+  --extras LIST             the package's extras the models need: xgboost, tensorflow,
+                            mlflow, frameworks (default: the --framework's own)
 
 How it runs:
+  --target functions|run    Cloud Functions (default) or a Cloud Run function
   --region REGION           required (or CLOUDSDK_FUNCTIONS_REGION)
   --project PROJECT         defaults to gcloud's configured project
-  --runtime RUNTIME         default python311, the Python CI tests
+  --runtime RUNTIME         default python311, the Python CI tests (Cloud Run: its base image)
   --memory SIZE             e.g. 2Gi; suggested from the model's size when unset
   --cpu N, --timeout SECONDS, --min-instances N, --max-instances N
   --concurrency N           requests per instance at once (also sets THREADS=N)
   --service-account EMAIL
   --allow-unauthenticated   let anyone call it (by default callers must authenticate)
-  --dry-run                 print the gcloud command, do not run it
+  --dry-run                 stage the source, print its files and the gcloud command, deploy nothing
+  --stage DIR               stage the source in DIR (empty or new) and keep it
+  --wheel PATH              the package's wheel, built already (else built from this checkout)
 EOF
 }
 
@@ -50,7 +58,8 @@ name="" region="${CLOUDSDK_FUNCTIONS_REGION:-}" project="" runtime="python311"
 origin="" packages="" prediction_class="" framework="" forward_to="" api_endpoint=""
 batch_size="" models="" model_name="" version_name="" warmup=""
 memory="" cpu="" timeout="" min_instances="" max_instances="" concurrency=""
-service_account="" allow_unauthenticated="" dry_run=""
+service_account="" allow_unauthenticated="" dry_run="" target="functions"
+stage="" wheel="" extras=""
 extra_env=()
 
 value() {
@@ -86,6 +95,10 @@ while [[ $# -gt 0 ]]; do
     --service-account) service_account="$(value "$@")"; shift ;;
     --allow-unauthenticated) allow_unauthenticated="true" ;;
     --dry-run) dry_run="true" ;;
+    --target) target="$(value "$@")"; shift ;;
+    --stage) stage="$(value "$@")"; shift ;;
+    --wheel) wheel="$(value "$@")"; shift ;;
+    --extras) extras="$(value "$@")"; shift ;;
     --*) fail "unknown flag $1; see ./deploy.sh --help" ;;
     *)
       [[ -z "$name" ]] || fail "one function NAME only; got $name and $1"
@@ -100,6 +113,10 @@ done
 [[ "$name" =~ ^[a-z][a-z0-9-]{0,61}[a-z0-9]$ ]] \
   || fail "NAME must be lowercase letters, digits and hyphens, starting with a letter; got '$name'"
 [[ -n "$region" ]] || fail "give --region (such as us-central1) or set CLOUDSDK_FUNCTIONS_REGION"
+[[ "$target" == functions || "$target" == run ]] \
+  || fail "--target must be functions (Cloud Functions) or run (a Cloud Run function); got '$target'"
+[[ -z "$wheel" || ( "$wheel" == *.whl && -f "$wheel" ) ]] \
+  || fail "--wheel must be a built .whl file; got '$wheel'"
 if [[ -z "$origin" && -n "$packages$prediction_class$framework" ]]; then
   fail "--package-uris, --prediction-class and --framework go with --origin"
 fi
@@ -236,8 +253,43 @@ for pair in "${env_vars[@]}"; do
   [[ "$pair" != *";"* ]] || fail "a setting may not contain ';': $pair"
 done
 
-command=(gcloud functions deploy "$name" --gen2 --runtime "$runtime" --region "$region"
-  --trigger-http --entry-point predict --source "$here" "--set-env-vars=^;^$joined")
+# The function's source, staged apart from this repository: main.py and requirements.txt
+# (written by the package's own `init`), the wheel, and the local files the settings name,
+# at the same relative paths.
+if [[ -n "$stage" ]]; then
+  mkdir -p "$stage"
+  [[ -z "$(ls -A "$stage")" ]] || fail "--stage $stage is not empty"
+  stage="$(cd "$stage" && pwd)"
+else
+  stage="$(mktemp -d "${TMPDIR:-/tmp}/cpr-function-source.XXXXXX")"
+  trap 'rm -rf "$stage"' EXIT
+fi
+python="${PYTHON:-python3}"
+if [[ -z "$wheel" ]]; then
+  "$python" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$stage/.wheel" "$here" >&2 \
+    || fail "building the package's wheel failed: $python -m pip wheel --no-deps $here"
+  wheel="$(echo "$stage"/.wheel/cpr_function-*.whl)"
+fi
+if [[ -z "$extras" && -n "$framework" ]]; then
+  case "${spelled//_/-}" in xgboost | tensorflow | mlflow) extras="${spelled//_/-}" ;; esac
+fi
+PYTHONPATH="$here" "$python" -m cpr_function init "$stage" --wheel "$wheel" --extras "$extras" >/dev/null \
+  || fail "writing main.py and requirements.txt failed (see above)"
+rm -rf "$stage/.wheel"
+for uri in "$origin" "$models" "${package_list[@]+"${package_list[@]}"}"; do
+  [[ -n "$uri" && "$uri" != gs://* ]] || continue
+  relative="$(cd "$here" && realpath -m --relative-to="$here" -- "$uri")"
+  mkdir -p "$stage/$(dirname "$relative")"
+  cp -R "$here/$relative" "$stage/$relative"
+done
+
+if [[ "$target" == run ]]; then
+  command=(gcloud run deploy "$name" --source "$stage" --function predict --base-image "$runtime"
+    --region "$region" "--set-env-vars=^;^$joined")
+else
+  command=(gcloud functions deploy "$name" --gen2 --runtime "$runtime" --region "$region"
+    --trigger-http --entry-point predict --source "$stage" "--set-env-vars=^;^$joined")
+fi
 [[ -z "$project" ]] || command+=(--project "$project")
 [[ -z "$memory" ]] || command+=(--memory "$memory")
 [[ -z "$cpu" ]] || command+=(--cpu "$cpu")
@@ -253,8 +305,11 @@ else
 fi
 
 if [[ -n "$dry_run" ]]; then
+  echo "deploy.sh: the source, staged in $stage:" >&2
+  (cd "$stage" && find . -type f | sed 's|^\./|  |' | sort) >&2
+  echo "deploy.sh: requirements.txt: $(cat "$stage/requirements.txt")" >&2
   printf '%q ' "${command[@]}"
   echo
   exit 0
 fi
-exec "${command[@]}"
+"${command[@]}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+import requests
 from conftest import REPO
 
 GCLOUD = """#!/usr/bin/env bash
@@ -24,19 +26,20 @@ fi
 
 
 @pytest.fixture
-def deploy(tmp_path):
-    """Runs deploy.sh; returns (exit status, stderr, stdout, gcloud calls as argument lists)."""
+def deploy(tmp_path, wheel):
+    """Runs deploy.sh with the package's wheel built already; returns (exit status, stderr,
+    stdout, gcloud calls as argument lists, the folder staged last)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "gcloud").write_text(GCLOUD)
     (bin_dir / "gcloud").chmod(0o755)
     log = tmp_path / "gcloud.log"
 
-    def run(*args: str):
+    def run(*args: str, built: bool = True):
         log.write_text("")
         base = {k: v for k, v in os.environ.items() if k != "CLOUDSDK_FUNCTIONS_REGION"}
         result = subprocess.run(
-            ["bash", str(REPO / "deploy.sh"), *args],
+            ["bash", str(REPO / "deploy.sh"), *args, *(["--wheel", str(wheel)] if built else [])],
             capture_output=True,
             text=True,
             env={**base, "PATH": f"{bin_dir}:{base['PATH']}", "GCLOUD_LOG": str(log)},
@@ -50,12 +53,16 @@ def deploy(tmp_path):
 
 
 def deploys(calls: list[list[str]]) -> list[list[str]]:
-    return [c for c in calls if c[:2] == ["functions", "deploy"]]
+    """The deploy calls, the staged folder (a new temporary one each time) named <staged>."""
+    found = [list(c) for c in calls if c[:2] in (["functions", "deploy"], ["run", "deploy"])]
+    for call in found:
+        call[call.index("--source") + 1] = "<staged>"
+    return found
 
 
 BASE = ["functions", "deploy", "fn", "--gen2", "--runtime", "python311"]
 BASE += ["--region", "us-central1", "--trigger-http", "--entry-point", "predict"]
-BASE += ["--source", str(REPO)]
+BASE += ["--source", "<staged>"]
 
 
 def test_a_custom_prediction_routine(deploy):
@@ -183,7 +190,7 @@ def test_forwarding_and_models_files_need_no_size(deploy):
         "50",
     )
     assert status == 0, err
-    assert calls == deploys(calls), "no size lookup"
+    assert len(deploys(calls)) == len(calls), "no size lookup: every call deploys"
     assert calls[0][13] == (
         "--set-env-vars=^;^CPR_FORWARD_TO=projects/p/locations/europe-west1/endpoints/123;"
         "CPR_BATCH_SIZE=50"
@@ -278,3 +285,170 @@ def test_incomplete_or_wrong_input_is_refused_before_gcloud(deploy, args, messag
     assert status == 2
     assert message in err
     assert deploys(calls) == []
+
+
+# The bundled example, deployed from this directory.
+EXAMPLE = ["fn", "--region", "r", "--origin", "examples/model", "--prediction-class"]
+EXAMPLE += ["predictor.MyPredictor", "--package-uris", "examples/dist/my_custom_code-0.1.tar.gz"]
+
+
+def _staged_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_the_source_is_staged_apart_from_the_repository(deploy, tmp_path, wheel):
+    stage = tmp_path / "stage"
+    status, err, out, calls = deploy(*EXAMPLE, "--stage", str(stage), "--dry-run")
+    assert status == 0, err
+    assert calls == [] or deploys(calls) == []
+    assert f"--source {stage} " in out
+    files = [
+        wheel.name,
+        "examples/dist/my_custom_code-0.1.tar.gz",
+        "examples/model/model.joblib",
+        "examples/model/preprocessor.pkl",
+        "main.py",
+        "requirements.txt",
+    ]
+    assert _staged_files(stage) == sorted(files)  # no tests, benchmarks or repository files
+    assert (stage / "requirements.txt").read_text() == f"./{wheel.name}\n"
+    assert "from cpr_function import predict" in (stage / "main.py").read_text()
+    for name in files:  # the dry run lists what it staged
+        assert f"  {name}\n" in err
+
+
+def _settings(command: str) -> dict[str, str]:
+    """The CPR_* settings a printed gcloud command sets."""
+    import shlex
+
+    (flag,) = [a for a in shlex.split(command) if a.startswith("--set-env-vars=")]
+    pairs = flag.removeprefix("--set-env-vars=^;^").split(";")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def _serve_staged(stage: Path, settings: dict[str, str], tmp_path: Path, extra: dict):
+    """Installs the staged folder as Cloud Functions' build does (pip in the folder, from
+    its requirements.txt) and serves it; returns the predictions for IRIS."""
+    from conftest import IRIS, listening, venv_with
+
+    venv = venv_with(tmp_path, ["-r", "requirements.txt"], cwd=stage)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CPR_")}
+    env = {**base, **settings, **extra, "CPR_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("PYTHONPATH", None)
+    framework = [str(venv / "bin" / "python"), "-m", "functions_framework", "--target", "predict"]
+    with listening(
+        [*framework, "--source", "main.py", "--port", "{port}"], cwd=stage, env=env
+    ) as url:
+        answer = requests.post(f"{url}/predict", json={"instances": IRIS})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["predictions"]
+
+
+def test_the_staged_source_installs_and_serves_the_example(deploy, tmp_path):
+    from conftest import EXAMPLES, IRIS, iris_expected
+
+    stage = tmp_path / "stage"
+    status, err, out, _ = deploy(*EXAMPLE, "--stage", str(stage), "--dry-run")
+    assert status == 0, err
+    predictions = _serve_staged(stage, _settings(out), tmp_path, {})
+    assert predictions == iris_expected(EXAMPLES / "model", IRIS)
+
+
+def test_the_staged_source_serves_a_model_from_cloud_storage(
+    deploy, tmp_path, bucket, iris_dir, emulator
+):
+    from conftest import EXAMPLES, IRIS, iris_expected, upload_dir, upload_file
+
+    origin = upload_dir(bucket, iris_dir, "models/iris")
+    sdist = upload_file(bucket, EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz", "staging/c.tar.gz")
+    stage = tmp_path / "stage"
+    status, err, out, _ = deploy(
+        "fn", "--region", "r", "--origin", origin, "--package-uris", sdist,
+        "--prediction-class", "predictor.MyPredictor", "--stage", str(stage), "--dry-run",
+    )  # fmt: skip
+    assert status == 0, err
+    staged = [next(stage.glob("*.whl")).name, "main.py", "requirements.txt"]
+    assert _staged_files(stage) == sorted(staged)  # nothing local to copy
+    extra = {"STORAGE_EMULATOR_HOST": emulator, "NO_GCE_CHECK": "true"}
+    predictions = _serve_staged(stage, _settings(out), tmp_path, extra)
+    assert predictions == iris_expected(iris_dir, IRIS)
+
+
+@pytest.mark.parametrize(
+    "framework,extras", [("XGBOOST", "[xgboost]"), ("mlflow", "[mlflow]"), ("SCIKIT_LEARN", "")]
+)
+def test_the_framework_brings_its_extra(deploy, tmp_path, wheel, framework, extras):
+    stage = tmp_path / "stage"
+    args = ["fn", "--region", "r", "--origin", "gs://bucket/m", "--framework", framework]
+    status, err, _, _ = deploy(*args, "--stage", str(stage), "--dry-run")
+    assert status == 0, err
+    assert (stage / "requirements.txt").read_text() == f"./{wheel.name}{extras}\n"
+
+
+def test_extras_given_win(deploy, tmp_path, wheel):
+    stage = tmp_path / "stage"
+    args = ["fn", "--region", "r", "--origin", "gs://bucket/m", "--prediction-class", "p.P"]
+    status, err, _, _ = deploy(*args, "--extras", "tensorflow,mlflow", "--stage", str(stage))
+    assert status == 0, err
+    assert (stage / "requirements.txt").read_text() == f"./{wheel.name}[tensorflow,mlflow]\n"
+
+
+def test_cloud_run_deploys_the_same_source_as_a_function(deploy):
+    status, err, _, calls = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/m", "--prediction-class", "p.P",
+        "--target", "run", "--memory", "2Gi", "--concurrency", "8", "--min-instances", "1",
+    )  # fmt: skip
+    assert status == 0, err
+    (call,) = deploys(calls)
+    assert call[:9] == ["run", "deploy", "fn", "--source", "<staged>", "--function", "predict",
+                        "--base-image", "python311"]  # fmt: skip
+    assert call[9:11] == ["--region", "r"]
+    settings = call[11]
+    assert settings.startswith("--set-env-vars=^;^CPR_ORIGIN=gs://bucket/m;")
+    assert "THREADS=8" in settings
+    assert call[12:] == ["--memory", "2Gi", "--min-instances", "1", "--concurrency", "8",
+                         "--no-allow-unauthenticated"]  # fmt: skip
+
+
+def test_the_wheel_is_built_from_this_checkout_when_not_given(deploy, tmp_path, monkeypatch):
+    import sys
+
+    stage = tmp_path / "stage"
+    # pip's own settings, as a user may have them: build offline with the setuptools here.
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")
+    monkeypatch.setenv("PYTHON", sys.executable)
+    status, err, _, _ = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/m", "--prediction-class", "p.P",
+        "--stage", str(stage), "--dry-run", built=False,
+    )  # fmt: skip
+    assert status == 0, err
+    (built,) = stage.glob("cpr_function-*.whl")
+    assert (stage / "requirements.txt").read_text() == f"./{built.name}\n"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--target", "lambda"], "--target must be functions (Cloud Functions) or run"),
+        (["--wheel", "README.md"], "--wheel must be a built .whl file; got 'README.md'"),
+    ],
+)
+def test_staging_flags_are_checked(deploy, args, message):
+    args = ["fn", "--region", "r", "--origin", "gs://bucket/m", *args]
+    status, err, _, calls = deploy(*args, built=False)
+    assert status == 2
+    assert message in err
+    assert deploys(calls) == []
+
+
+def test_a_stage_folder_in_use_is_refused(deploy, tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "mine.txt").write_text("keep me")
+    status, err, _, _ = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/m", "--stage", str(stage)
+    )
+    assert status == 2
+    assert f"--stage {stage} is not empty" in err
+    assert (stage / "mine.txt").read_text() == "keep me"
