@@ -3,15 +3,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PORT ?= 8080
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt requirements-frameworks.txt requirements-keras2.txt
+# What serving needs: the runtime dependencies only (the package runs from this checkout).
+$(BIN)/.serving: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-keras2.txt
+	$(PIP) --no-compile -r requirements.txt
+	touch $@
+
+# What the tests need besides: the framework runtimes, Google's clients, the tools.
+$(BIN)/.installed: $(BIN)/.serving $(wildcard requirements-*.txt)
+	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps -r requirements-keras2.txt
 	touch $@
 
 .PHONY: serve test lint
-serve: $(BIN)/.installed  ## run the function on http://127.0.0.1:$(PORT)
+serve: $(BIN)/.serving  ## run the function on http://127.0.0.1:$(PORT)
 	$(BIN)/functions-framework --target predict --source main.py --port $(PORT)
 
 test: $(BIN)/.installed lint  ## lint, then every test
