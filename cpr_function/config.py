@@ -139,7 +139,9 @@ class Config:
             max_request_bytes=setting_values.size(
                 get, "CPR_MAX_REQUEST_BYTES", cls.max_request_bytes
             ),
-            cache_dir=Path(get("CPR_CACHE_DIR") or cls.cache_dir),
+            cache_dir=setting_values.cache_folder(
+                Path(get("CPR_CACHE_DIR") or cls.cache_dir), "CPR_CACHE_DIR"
+            ),
             install_dependencies=setting_values.flag(get, "CPR_INSTALL_DEPENDENCIES", False),
             delete_after_load=setting_values.flag(get, "CPR_DELETE_AFTER_LOAD", False),
             legacy_compat=setting_values.flag(get, "CPR_LEGACY_COMPAT", True),

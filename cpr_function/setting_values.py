@@ -7,6 +7,7 @@ name, which every error names with what it takes and what it received.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from .errors import ConfigError
 from .version_fields import FALSE_WORDS, TRUE_WORDS
@@ -68,3 +69,27 @@ def flag(get, name: str, default: bool) -> bool:
     if raw.lower() in FALSE:
         return False
     raise ConfigError(f"{name} must be true or false; got {raw!r}")
+
+
+def cache_folder(path: Path, name: str) -> Path:
+    """`path`, made if missing, once a file could be created in it and removed: the cache
+    must be writable, or every request would fail later with nothing said of why.
+
+    Raises:
+        ConfigError: naming the setting, the folder, the step that failed and the reason.
+    """
+    import tempfile
+
+    step = "creating the folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        step = "writing a file in it"
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".cpr-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{name} {path} cannot hold the cache: {step} failed: {exc.strerror or exc}; "
+            "give a folder this process can create and write (on Cloud Functions and Cloud "
+            "Run, one under /tmp)"
+        ) from None
+    return path

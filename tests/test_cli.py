@@ -173,3 +173,27 @@ def test_serve_starts_the_function(tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_named_not_a_traceback(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    said = f"{blocked / 'cache'} cannot hold the cache: creating the folder failed: Not a directory"
+    checked = cli("check", env={"CPR_CACHE_DIR": str(blocked / "cache")})
+    assert checked.returncode == 1
+    assert checked.stdout.startswith(f"FAIL configuration: CPR_CACHE_DIR {said}")
+    assert "Traceback" not in checked.stdout + checked.stderr
+    lines = tmp_path / "i.jsonl"
+    lines.write_text("[1]\n")
+    flags = ["--model-dir", str(EXAMPLES / "model"), "--framework", "scikit-learn"]
+    local = cli(
+        "local-predict",
+        *flags,
+        "--json-instances",
+        str(lines),
+        "--cache-dir",
+        str(blocked / "cache"),
+    )
+    assert local.returncode == 2
+    assert local.stderr.startswith(f"error: --cache-dir {said}")
+    assert "Traceback" not in local.stderr

@@ -230,6 +230,17 @@ def test_chunked_body_over_the_limit_is_413(function, tmp_path):
         ({"CPR_MAX_MODEL_BYTES": "lots"}, "CPR_MAX_MODEL_BYTES must be a size in bytes"),
         ({"CPR_FRAMEWORK": "caffe"}, "CPR_FRAMEWORK must be one of scikit-learn, xgboost"),
         ({"CPR_ORIGN": "gs://b/m"}, "unknown setting CPR_ORIGN"),
+        # A cache folder under a file, or where nothing may be created: said at the start,
+        # not as a 500 on every request.
+        (
+            {"CPR_CACHE_DIR": str(REPO / "README.md" / "cache")},
+            f"CPR_CACHE_DIR {REPO / 'README.md' / 'cache'} cannot hold the cache: creating the "
+            "folder failed: Not a directory; give a folder this process can create and write",
+        ),
+        (
+            {"CPR_CACHE_DIR": "/proc/cpr-cache"},
+            "CPR_CACHE_DIR /proc/cpr-cache cannot hold the cache: creating the folder failed: ",
+        ),
     ],
 )
 def test_bad_configuration_stops_the_start_with_the_variable_named(env, message):
