@@ -499,12 +499,10 @@ def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
     source.mkdir()
-    for item in ["pyproject.toml", "README.md", "cpr_function", "examples"]:
-        shutil.copytree(REPO / item, source / item) if (REPO / item).is_dir() else shutil.copy2(
-            REPO / item, source / item
-        )
-    for requirements in REPO.glob("requirements*.txt"):
-        shutil.copy2(requirements, source / requirements.name)
+    for folder in ["cpr_function", "examples"]:
+        shutil.copytree(REPO / folder, source / folder)
+    for file in ["pyproject.toml", "README.md", *(p.name for p in REPO.glob("requirements*.txt"))]:
+        shutil.copy2(REPO / file, source / file)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel"]
     build = [*pip, "--no-build-isolation", "--no-deps", "--no-index", "-w", str(tmp / "dist")]
     done = subprocess.run([*build, str(source)], capture_output=True, text=True, timeout=300)
