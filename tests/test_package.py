@@ -23,6 +23,13 @@ def test_the_wheel_lists_every_folder_of_the_package():
     assert listed == folders | {"cpr_function.example"}
 
 
+def test_init_takes_the_extras_the_wheel_declares():
+    from cpr_function.cli import init
+
+    dynamic = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]
+    assert set(init.EXTRAS) == set(dynamic["optional-dependencies"])
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory, wheel):
     """A fresh virtualenv outside the checkout with the wheel installed, and a folder to
