@@ -63,7 +63,7 @@ def _keras_is_keras_2() -> None:
     """`import keras` is tf-keras from now on in this process, unless Keras 3 is imported."""
     from .legacy import AliasFinder
 
-    ours = any(getattr(f, "_alias_for", None) is _as_tf_keras for f in sys.meta_path)
+    ours = any(getattr(f, "alias_for", None) is _as_tf_keras for f in sys.meta_path)
     if ours or "keras" in sys.modules:
         return
     sys.meta_path.insert(0, AliasFinder(_as_tf_keras, "Keras 2 for this version's files"))

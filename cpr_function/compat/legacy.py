@@ -79,12 +79,12 @@ class AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """
 
     def __init__(self, alias_for, why: str = "gone from today's libraries"):
-        self._alias_for = alias_for
+        self.alias_for = alias_for
         self._why = why
         self._specs: dict[str, importlib.machinery.ModuleSpec] = {}
 
     def find_spec(self, fullname, path=None, target=None):
-        target_name = self._alias_for(fullname)
+        target_name = self.alias_for(fullname)
         if target_name is None:
             return None
         try:
@@ -96,7 +96,7 @@ class AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        target = self._alias_for(spec.name)
+        target = self.alias_for(spec.name)
         module = importlib.import_module(target)
         self._specs[spec.name] = module.__spec__
         shims.note(shims.LEGACY_IMPORT, f"{spec.name} ({self._why}) is {target}")
