@@ -27,7 +27,7 @@ def test_init_takes_the_extras_the_wheel_declares():
     from cpr_function.cli import init
 
     dynamic = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]
-    assert set(init.EXTRAS) == set(dynamic["optional-dependencies"])
+    assert set(init.EXTRAS) | set(init.NOT_SERVED) == set(dynamic["optional-dependencies"])
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,7 @@ def test_init_writes_a_two_file_source_that_installs_and_serves(installed, tmp_p
     [
         (["--extras", "torch"], "unknown extra torch; the extras are xgboost, tensorflow, mlflow"),
         (["--wheel", "README.md"], "--wheel takes a built .whl file; README.md is not one"),
+        (["--extras", "batch"], "a function does not need [batch]: it is batch-predict's"),
     ],
 )
 def test_init_refuses_what_it_cannot_write(installed, tmp_path, args, message):

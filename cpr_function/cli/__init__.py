@@ -7,12 +7,17 @@ import sys
 from pathlib import Path
 
 from ..errors import CprError
+from .flags import positive
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; returns the exit status (2: bad input, 1: the prediction failed)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "beam_args", None) is True:
+        args.beam_args = extra  # batch-predict hands what it does not know to Beam
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except _Usage as exc:
@@ -47,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         "projects/P/locations/L/endpoints/E",
     )
     predict.add_argument("--api-endpoint", help="base URL for --model")
-    predict.add_argument("--batch-size", type=_positive, default=100)
-    predict.add_argument("--concurrency", type=_positive, default=16)
+    predict.add_argument("--batch-size", type=positive, default=100)
+    predict.add_argument("--concurrency", type=positive, default=16)
     predict.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     predict.add_argument("--retries", type=int, default=5)
     predict.add_argument(
@@ -82,9 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="run the function locally with functions-framework (CPR_* from the env)"
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_positive, default=8080)
-    serve.add_argument("--workers", type=_positive, help="gunicorn worker processes")
-    serve.add_argument("--threads", type=_positive, help="threads per worker")
+    serve.add_argument("--port", type=positive, default=8080)
+    serve.add_argument("--workers", type=positive, help="gunicorn worker processes")
+    serve.add_argument("--threads", type=positive, help="threads per worker")
     serve.add_argument("--debug", action="store_true", help="Flask's debug server instead")
     serve.set_defaults(run=_serve)
 
@@ -100,7 +105,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--wheel", type=Path, help="a built wheel to copy and name instead")
     init.set_defaults(run=_init)
+
+    from . import batch
+
+    batch.add_parser(commands).set_defaults(run=_batch_predict)
     return parser
+
+
+def _batch_predict(args) -> int:
+    from . import batch
+
+    return batch.run(args, _Usage)
 
 
 def _init(args) -> int:
@@ -282,13 +297,6 @@ def _read_instances(name: str) -> list:
     if not instances:
         raise _Usage(f"{name} holds no instances; expected one JSON value per line")
     return instances
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number; got {text}")
-    return value
 
 
 class _Usage(Exception):

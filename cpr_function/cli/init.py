@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 
 EXTRAS = ("xgboost", "tensorflow", "mlflow", "frameworks")
+# The package's other extras, which a function never needs.
+NOT_SERVED = {"batch": "batch-predict's Apache Beam, which the function never imports"}
 
 MAIN = '''"""Cloud Functions entry point: `functions-framework --target predict`."""
 
@@ -28,6 +30,9 @@ def write(folder: Path, *, extras: list[str], wheel: Path | None = None) -> list
     Raises:
         Refused: an extra is unknown, the wheel is not one, or a file would be overwritten.
     """
+    for extra in extras:
+        if extra in NOT_SERVED:
+            raise Refused(f"a function does not need [{extra}]: it is {NOT_SERVED[extra]}")
     unknown = [e for e in extras if e not in EXTRAS]
     if unknown:
         raise Refused(f"unknown extra {', '.join(unknown)}; the extras are {', '.join(EXTRAS)}")

@@ -1,0 +1,213 @@
+"""One `batch-predict` run: Beam's options and runner, checks before the run, the run, and
+its summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from . import pipeline
+from .handler import CprModelHandler
+
+SUMMARY = "prediction.summary.json"
+_LOCAL = {None, "DirectRunner", "FnApiRunner"}
+# What makes Dataflow install this package (and the user's) on its workers.
+_SHIPPING = ("extra_packages", "setup_file", "sdk_container_image", "requirements_file")
+
+
+class JobFailed(Exception):
+    """The job cannot start, or ran but its result fails the caller's bar; exit status 1."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    handler: CprModelHandler
+    input_paths: tuple[str, ...]
+    output_path: str
+    data_format: str = "text"
+    batch_size: int = 64
+    max_error_rate: float | None = None
+    beam_args: tuple[str, ...] = ()
+
+
+def options(beam_args: Sequence[str]):
+    """Beam's pipeline options for the job, and the runner to run it with.
+
+    With no runner named (or DirectRunner), the local FnApiRunner with one worker process
+    a core: never Prism, which downloads a binary at run time.
+    """
+    from apache_beam.options.pipeline_options import (
+        DirectOptions,
+        PipelineOptions,
+        StandardOptions,
+    )
+
+    opts = PipelineOptions(list(beam_args))
+    runner = opts.view_as(StandardOptions).runner
+    if runner not in _LOCAL:
+        return opts, runner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = opts.view_as(DirectOptions)
+    given = {a.split("=")[0] for a in beam_args}
+    if "--direct_num_workers" not in given:
+        direct.direct_num_workers = os.cpu_count() or 1
+    if "--direct_running_mode" not in given:
+        direct.direct_running_mode = "multi_processing"
+    return opts, FnApiRunner()
+
+
+def is_local(runner) -> bool:
+    return not isinstance(runner, str)
+
+
+def check(job: Job, opts, runner) -> list[str]:
+    """What is wrong before anything runs; the files each input pattern matches.
+
+    Raises:
+        JobFailed: the options, the inputs or the output folder are wrong.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(opts)
+    if not is_local(runner):
+        _check_remote(opts, runner)
+    matched = []
+    for pattern in job.input_paths:
+        found = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        if not found:
+            raise JobFailed(f"--input-paths: nothing matches {pattern}")
+        matched += found
+    existing = FileSystems.match([FileSystems.join(job.output_path, "prediction.*")])
+    if existing and existing[0].metadata_list:
+        raise JobFailed(
+            f"--output-path {job.output_path} already holds the output of a job "
+            f"({existing[0].metadata_list[0].path}); give a new folder"
+        )
+    return matched
+
+
+def _check_remote(opts, runner: str) -> None:
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+
+    if runner == "DataflowRunner":
+        cloud = opts.view_as(GoogleCloudOptions)
+        for flag in ("temp_location", "staging_location"):
+            value = getattr(cloud, flag)
+            # Beam would spend minutes looking for a default bucket otherwise.
+            if value is not None and not value.startswith("gs://"):
+                raise JobFailed(f"--{flag} must be a gs:// path on Dataflow; got {value}")
+        if cloud.temp_location is None and cloud.staging_location is None:
+            raise JobFailed("--temp_location gs://BUCKET/tmp is needed on Dataflow")
+        setup = opts.view_as(SetupOptions)
+        if not any(getattr(setup, name, None) for name in _SHIPPING):
+            raise JobFailed(
+                "Dataflow's workers need this package: build its wheel (pip wheel --no-deps "
+                ". -w dist) and pass --extra_package dist/cpr_function-<version>-py3-none-any"
+                ".whl, with --requirements_file for framework extras (docs/batch.md)"
+            )
+    from apache_beam.runners.runner import create_runner
+
+    errors = PipelineOptionsValidator(opts, create_runner(runner)).validate()
+    if errors:
+        raise JobFailed("Beam's options are not valid: " + "; ".join(errors))
+
+
+def staged_files(opts) -> list[str]:
+    """The files Dataflow's stager would upload, found without uploading them."""
+    import tempfile
+
+    from apache_beam.portability.api import beam_runner_api_pb2
+    from apache_beam.runners.portability.stager import Stager
+
+    with tempfile.TemporaryDirectory() as temp:
+        artifacts = Stager.create_job_resources(opts, temp)
+    role = beam_runner_api_pb2.ArtifactStagingToRolePayload
+    return sorted(role.FromString(a.role_payload).staged_name for a in artifacts)
+
+
+def load_here(job: Job) -> None:
+    """Loads the model in this process once, so that a model that cannot load fails the
+    command with the function's own message, before any worker starts.
+
+    Raises:
+        CprError: the model could not be loaded.
+    """
+    model = job.handler.load_model()
+    model.unload()
+
+
+def run(job: Job, opts, runner, out: TextIO) -> dict:
+    """Runs the job to the end; returns its summary, also written beside the results.
+
+    Raises:
+        JobFailed: nothing was read, or more failed than `max_error_rate` allows.
+    """
+    import logging
+
+    import apache_beam as beam
+
+    # The local runner relays every worker's log lines, Beam's own warnings among them;
+    # what the job has to say is in its output, its progress lines and its summary.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    start = time.perf_counter()
+    p = beam.Pipeline(runner=runner, options=opts)
+    pipeline.build(
+        p,
+        job.handler,
+        input_paths=job.input_paths,
+        data_format=job.data_format,
+        output_path=job.output_path,
+        batch_size=job.batch_size,
+    )
+    result = p.run()
+    result.wait_until_finish()
+    summary = _summary(job, result, time.perf_counter() - start)
+    _write_summary(job.output_path, summary)
+    for key, value in summary.items():
+        print(f"{key}: {value}", file=out)
+    if summary["instancesRead"] == 0:
+        raise JobFailed(f"no instance could be read from {', '.join(job.input_paths)}")
+    rate = summary["failed"] / summary["instancesRead"]
+    if job.max_error_rate is not None and rate > job.max_error_rate:
+        raise JobFailed(
+            f"{summary['failed']} of {summary['instancesRead']} instances failed "
+            f"({rate:.2%}), more than --max-error-rate {job.max_error_rate:g}; "
+            f"see {job.output_path}/{pipeline.ERRORS}-*"
+        )
+    return summary
+
+
+def _summary(job: Job, result, seconds: float) -> dict:
+    counts = dict.fromkeys(
+        (pipeline.READ, pipeline.UNPARSABLE, pipeline.PREDICTED, pipeline.FAILED), 0
+    )
+    from apache_beam.metrics.metric import MetricsFilter
+
+    query = result.metrics().query(MetricsFilter().with_namespace(pipeline.NAMESPACE))
+    for counter in query["counters"]:
+        if counter.key.metric.name in counts:
+            counts[counter.key.metric.name] += counter.committed or 0
+    failed = counts[pipeline.UNPARSABLE] + counts[pipeline.FAILED]
+    return {
+        "instancesRead": counts[pipeline.READ],
+        "predicted": counts[pipeline.PREDICTED],
+        "failed": failed,
+        "unparsable": counts[pipeline.UNPARSABLE],
+        "seconds": round(seconds, 3),
+        "instancesPerSecond": round(counts[pipeline.READ] / seconds, 1) if seconds else 0.0,
+        "inputPaths": list(job.input_paths),
+        "outputPath": job.output_path,
+    }
+
+
+def _write_summary(output_path: str, summary: dict) -> None:
+    import orjson
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(FileSystems.join(output_path, SUMMARY)) as stream:
+        stream.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")

@@ -1,0 +1,489 @@
+"""batch-predict on Apache Beam: real local-runner jobs with two worker processes, every
+input line in exactly one output line, predictions equal to local-predict's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES, REPO, free_port
+
+pytest.importorskip("apache_beam")
+
+EXAMPLE = [
+    "--model-dir",
+    str(EXAMPLES / "model"),
+    "--package-uris",
+    str(EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz"),
+    "--prediction-class",
+    "predictor.MyPredictor",
+]
+TWO_WORKERS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+IN_PROCESS = ["--direct_num_workers", "1", "--direct_running_mode", "in_memory"]
+
+
+@pytest.fixture(scope="module")
+def token_server():
+    """A stand-in for Google's OAuth2 token endpoint on loopback: it grants any refresh
+    token an access token, which the Cloud Storage emulator then ignores."""
+    import http.server
+    import threading
+
+    class Grant(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps({"access_token": "test-token", "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Grant)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/token"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, emulator, token_server):
+    """The jobs' environment: loopback only. Cloud Storage is the emulator; Google's
+    metadata server is a closed local port; Beam's Cloud Storage client finds application
+    default credentials (a service account key made here) whose token endpoint is the
+    stand-in above, in every worker process, since each inherits the environment. Each
+    module gets a cache of its own."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    closed = f"127.0.0.1:{free_port()}"
+    root = tmp_path_factory.mktemp("batch-env")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    credentials = root / "credentials.json"
+    credentials.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "test-project",
+                "private_key_id": "test-key",
+                "private_key": key.decode(),
+                "client_email": "batch@test-project.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": token_server,
+            }
+        )
+    )
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CPR_")},
+        "STORAGE_EMULATOR_HOST": emulator,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
+        "GOOGLE_CLOUD_PROJECT": "test-project",
+        "NO_GCE_CHECK": "True",
+        "GCE_METADATA_HOST": closed,
+        "GCE_METADATA_IP": closed,
+        "CPR_CACHE_DIR": str(root / "cache"),
+    }
+
+
+def cli(env, *args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cpr_function", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def batch(env, *args) -> subprocess.CompletedProcess:
+    return cli(env, "batch-predict", *args)
+
+
+def outputs(folder: Path) -> tuple[list[dict], list[dict], dict]:
+    """The result lines, the error lines and the summary of a finished job."""
+
+    def lines(kind: str) -> list[dict]:
+        shards = sorted(folder.glob(f"prediction.{kind}-*-of-*"))
+        assert shards, f"no prediction.{kind} shards in {sorted(folder.iterdir())}"
+        return [json.loads(line) for s in shards for line in s.read_text().splitlines()]
+
+    summary = json.loads((folder / "prediction.summary.json").read_text())
+    return lines("results"), lines("errors"), summary
+
+
+def local_predict(env, model_args: list[str], instances: list, tmp_path: Path) -> list:
+    path = tmp_path / "local.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in instances))
+    done = cli(env, "local-predict", *model_args, "--json-instances", str(path))
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_a_routine_from_a_models_file_answers_every_line_exactly_once(env, releases, tmp_path):
+    from routine_source import expected, models_file, routine_versions, without_pid
+
+    models = models_file(
+        tmp_path, {"scaler": {"versions": routine_versions(releases), "default_version": "v1"}}
+    )
+    rows = [[i, i + 0.5] for i in range(150)]
+    first, second = tmp_path / "in-1.jsonl", tmp_path / "in-2.jsonl"
+    # A bad instance (5: not a row) among good ones, a line that is not JSON, a blank line.
+    first.write_text("".join(json.dumps(r) + "\n" for r in rows[:100]) + "5\n\n{oops\n")
+    second.write_text("".join(json.dumps(r) + "\n" for r in rows[100:]))
+    out = tmp_path / "out"
+    done = batch(
+        env,
+        *("--models", models, "--model", "scaler", "--version", "v2"),
+        *("--input-paths", f"{tmp_path}/in-*.jsonl", "--output-path", str(out)),
+        *("--batch-size", "10", "--kwargs", '{"scale": 2}', *TWO_WORKERS),
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors, summary = outputs(out)
+
+    got = sorted((r["instance"], r["prediction"]) for r in results)
+    want = sorted(zip(rows, expected("v2", rows, {"scale": 2}), strict=True))
+    assert [(i, without_pid([p])[0]) for i, p in got] == want
+    assert len({r["prediction"]["pid"] for r in results}) == 2, "two worker processes predicted"
+    bad, unparsable = sorted(errors, key=lambda e: e["line"])
+    assert bad["instance"] == 5 and bad["error"]["status"] == 500
+    assert "prediction failed" in bad["error"]["message"]
+    assert (bad["path"], bad["line"]) == (str(first), 101)
+    assert (unparsable["path"], unparsable["line"], unparsable["text"]) == (
+        str(first),
+        103,
+        "{oops",
+    )
+    assert unparsable["error"]["status"] == 400
+    assert "not a JSON instance" in unparsable["error"]["message"]
+    assert summary["instancesRead"] == 152
+    assert (summary["predicted"], summary["failed"], summary["unparsable"]) == (150, 2, 1)
+    assert "instancesRead: 152" in done.stdout
+
+
+def _tf_records(path: Path, records: list[bytes]) -> None:
+    # TensorFlow's own writer, in a child process (it warns at import).
+    script = (
+        "import sys, json, tensorflow as tf\n"
+        "with tf.io.TFRecordWriter(sys.argv[1], options='GZIP') as w:\n"
+        "    for r in json.loads(sys.stdin.read()):\n"
+        "        w.write(bytes.fromhex(r))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        input=json.dumps([r.hex() for r in records]),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_gzipped_tf_records_of_the_bundled_routine_predict_as_local_predict(env, tmp_path):
+    pytest.importorskip("tensorflow")
+    from conftest import IRIS
+
+    instances = [IRIS[i % 3] for i in range(40)]
+    records = [json.dumps(i).encode() for i in instances]
+    records.insert(7, b"\x08\x01 not JSON: a serialized proto, say")
+    _tf_records(tmp_path / "in.tfrecord.gz", records)
+    out = tmp_path / "out"
+    done = batch(
+        env,
+        *EXAMPLE,
+        *("--input-paths", str(tmp_path / "in.tfrecord.gz"), "--output-path", str(out)),
+        *("--data-format", "tf-record-gzip", "--batch-size", "8", *TWO_WORKERS),
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors, summary = outputs(out)
+
+    reference = local_predict(env, EXAMPLE, instances, tmp_path)
+    assert sorted((r["instance"], r["prediction"]) for r in results) == sorted(
+        zip(instances, reference, strict=True)
+    )
+    # A record that is not JSON is sent as {"b64": ...}, as a request would send bytes.
+    (error,) = errors
+    assert error["line"] == 8 and set(error["instance"]) == {"b64"}
+    assert summary["instancesRead"] == 41 and summary["failed"] == 1
+
+
+FOREST = r"""
+import sys
+from pathlib import Path
+
+import joblib
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+
+features, labels = load_iris(return_X_y=True)
+model = RandomForestClassifier(n_estimators=10, random_state=0).fit(features, labels)
+Path(sys.argv[1]).mkdir()
+joblib.dump(model, Path(sys.argv[1]) / "model.joblib")
+"""
+
+
+@pytest.fixture(scope="module")
+def frameworks(tmp_path_factory):
+    """A scikit-learn forest and an MLflow model with a column signature, and instances."""
+    from test_mlflow import BUILD
+
+    root = tmp_path_factory.mktemp("frameworks")
+    subprocess.run([sys.executable, "-c", FOREST, str(root / "forest")], check=True)
+    subprocess.run(
+        [sys.executable, "-c", BUILD, str(root / "mlflow")], check=True, capture_output=True
+    )
+    rows = json.loads((root / "mlflow" / "expected.json").read_text())["rows"]
+    return {
+        "forest": (
+            ["--model-dir", str(root / "forest"), "--framework", "scikit-learn"],
+            [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]],
+            [1, 2],
+        ),
+        "mlflow": (
+            ["--model-dir", str(root / "mlflow" / "columns"), "--framework", "mlflow"],
+            rows,
+            {"sepal_length": "wide"},
+        ),
+    }
+
+
+@pytest.mark.parametrize("kind", ["forest", "mlflow"])
+def test_a_framework_model_predicts_as_local_predict(env, frameworks, kind, tmp_path):
+    pytest.importorskip("mlflow")
+    model_args, good, bad = frameworks[kind]
+    instances = [good[i % len(good)] for i in range(30)]
+    lines = [json.dumps(i) for i in instances]
+    lines.insert(13, json.dumps(bad))
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    done = batch(
+        env,
+        *model_args,
+        *("--input-paths", str(tmp_path / "in.jsonl"), "--output-path", str(out)),
+        *("--batch-size", "4", *TWO_WORKERS),
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors, summary = outputs(out)
+
+    reference = local_predict(env, model_args, instances, tmp_path)
+    key = json.dumps
+    assert sorted(map(key, ([r["instance"], r["prediction"]] for r in results))) == sorted(
+        map(key, ([i, p] for i, p in zip(instances, reference, strict=True)))
+    )
+    (error,) = errors
+    assert error["instance"] == bad and error["line"] == 14
+    assert error["error"]["status"] == 400, error
+    assert summary["predicted"] == 30 and summary["failed"] == 1
+
+
+def test_more_errors_than_allowed_fail_the_command_after_writing_everything(env, tmp_path):
+    (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n[1, 2]\n")
+    out = tmp_path / "out"
+    done = batch(
+        env,
+        *EXAMPLE,
+        *("--input-paths", str(tmp_path / "in.jsonl"), "--output-path", str(out)),
+        *("--max-error-rate", "0.25", *IN_PROCESS),
+    )
+    assert done.returncode == 1
+    assert "1 of 2 instances failed (50.00%), more than --max-error-rate 0.25" in done.stderr
+    results, errors, _ = outputs(out)
+    assert len(results) == 1 and len(errors) == 1
+
+
+@pytest.mark.parametrize(
+    "args,status,message",
+    [
+        (
+            ["--model-dir", "/nowhere/at/all", "--framework", "scikit-learn"],
+            1,
+            "the model cannot load",
+        ),
+        ([*EXAMPLE, "--input-paths", "/nowhere/*.jsonl"], 1, "--input-paths: nothing matches"),
+        ([*EXAMPLE, "--kwargs", "[1]"], 2, "--kwargs must be a JSON object"),
+        ([*EXAMPLE, "--kwargs", "{"], 2, "--kwargs is not JSON"),
+        ([*EXAMPLE, "--max-error-rate", "2"], 2, "--max-error-rate must be between 0 and 1"),
+        ([*EXAMPLE, "--models", "m.yaml"], 2, "--model-dir or as --models with --model, not both"),
+        (["--input-paths", "x"], 2, "give the model: --model-dir"),
+        ([*EXAMPLE, "--framework", "torch"], 2, "framework"),
+    ],
+)
+def test_a_job_that_cannot_run_says_why_before_any_worker_starts(
+    env, tmp_path, args, status, message
+):
+    (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n")
+    if "--input-paths" not in args:
+        args = [*args, "--input-paths", str(tmp_path / "in.jsonl")]
+    done = batch(env, *args, "--output-path", str(tmp_path / "out"), *IN_PROCESS)
+    assert done.returncode == status, done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_holding_a_job_is_never_written_over(env, tmp_path):
+    (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prediction.results-00000-of-00001").write_text("earlier\n")
+    done = batch(
+        env,
+        *EXAMPLE,
+        *("--input-paths", str(tmp_path / "in.jsonl"), "--output-path", str(out), *IN_PROCESS),
+    )
+    assert done.returncode == 1
+    assert f"--output-path {out} already holds the output of a job" in done.stderr
+    assert (out / "prediction.results-00000-of-00001").read_text() == "earlier\n"
+
+
+def dataflow(bucket) -> list[str]:
+    return [
+        *("--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1"),
+        *("--temp_location", f"gs://{bucket.name}/tmp", "--requirements_cache", "skip"),
+    ]
+
+
+def test_a_dataflow_dry_run_builds_its_options_and_stages_the_package(
+    env, tmp_path, wheel, module_bucket
+):
+    (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n")
+    (tmp_path / "requirements.txt").write_text("xgboost-cpu\n")
+    out = f"gs://{module_bucket.name}/dry-run"
+    done = batch(
+        env,
+        *EXAMPLE,
+        *("--input-paths", str(tmp_path / "in.jsonl"), "--output-path", out),
+        *dataflow(module_bucket),
+        *("--extra_package", str(wheel), "--requirements_file", str(tmp_path / "requirements.txt")),
+        "--dry-run",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "runner: DataflowRunner" in lines
+    for option in (
+        "option project: my-project",
+        "option region: europe-west1",
+        f"option temp_location: gs://{module_bucket.name}/tmp",
+        f"option extra_packages: ['{wheel}']",
+    ):
+        assert option in lines, done.stdout
+    staged = {line.removeprefix("staged: ") for line in lines if line.startswith("staged: ")}
+    assert {wheel.name, "requirements.txt", "extra_packages.txt"} <= staged, staged
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "Dataflow's workers need this package"),
+        (
+            ["--extra_package", "x.whl", "--temp_location", "/tmp/t"],
+            "--temp_location must be a gs:// path on Dataflow; got /tmp/t",
+        ),
+    ],
+)
+def test_a_dataflow_job_missing_what_it_needs_is_refused_offline(
+    env, tmp_path, args, message, module_bucket
+):
+    (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n")
+    out = f"gs://{module_bucket.name}/refused"
+    done = batch(
+        env,
+        *EXAMPLE,
+        *("--input-paths", str(tmp_path / "in.jsonl"), "--output-path", out),
+        *dataflow(module_bucket),
+        *args,
+    )
+    assert done.returncode == 1
+    assert message in done.stderr
+
+
+def test_cloud_storage_in_and_out_through_beams_own_io(env, tmp_path, module_bucket):
+    from conftest import IRIS, iris_expected, upload_dir
+
+    model = upload_dir(module_bucket, EXAMPLES / "model", "gcs-job/model")
+    package = EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz"
+    module_bucket.blob("gcs-job/my_custom_code-0.1.tar.gz").upload_from_filename(package)
+    for part in range(2):
+        text = "".join(json.dumps(i) + "\n" for i in IRIS) + ("[1, 2]\n" if part else "")
+        module_bucket.blob(f"gcs-job/in/part-{part}.jsonl").upload_from_string(text)
+    root = f"gs://{module_bucket.name}/gcs-job"
+    done = batch(
+        env,
+        *("--model-dir", model, "--package-uris", f"{root}/my_custom_code-0.1.tar.gz"),
+        *("--prediction-class", "predictor.MyPredictor"),
+        *("--input-paths", f"{root}/in/part-*.jsonl", "--output-path", f"{root}/out"),
+        *TWO_WORKERS,
+    )
+    assert done.returncode == 0, done.stderr
+
+    def lines(kind):
+        blobs = module_bucket.list_blobs(prefix=f"gcs-job/out/prediction.{kind}-")
+        return [json.loads(x) for b in blobs for x in b.download_as_text().splitlines()]
+
+    results, (error,) = lines("results"), lines("errors")
+    assert sorted((r["instance"], r["prediction"]) for r in results) == sorted(
+        zip(IRIS * 2, iris_expected(EXAMPLES / "model", IRIS) * 2, strict=True)
+    )
+    assert error["instance"] == [1, 2] and error["path"] == f"{root}/in/part-1.jsonl"
+    summary = json.loads(
+        module_bucket.blob("gcs-job/out/prediction.summary.json").download_as_text()
+    )
+    assert summary["instancesRead"] == 7 and summary["failed"] == 1
+
+
+def test_the_handler_runs_in_a_users_own_pipeline(tmp_path):
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that
+    from conftest import IRIS, iris_expected
+
+    from cpr_function.batch import CprModelHandler, Failure
+
+    handler = CprModelHandler(
+        model_dir=str(EXAMPLES / "model"),
+        package_uris=[str(EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz")],
+        prediction_class="predictor.MyPredictor",
+        cache_dir=str(tmp_path / "cache"),
+        max_batch_size=2,
+    )
+    want = dict(zip(map(json.dumps, IRIS), iris_expected(EXAMPLES / "model", IRIS), strict=True))
+
+    def check(results):
+        got = {json.dumps(r.example): r.inference for r in results}
+        failure = got.pop(json.dumps("not a row"))
+        assert isinstance(failure, Failure) and failure.status == 500, failure
+        assert got == want
+
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        results = p | beam.Create([*IRIS, "not a row"]) | RunInference(handler)
+        assert_that(results, check)
+
+
+def test_a_bad_instance_is_isolated_in_few_calls():
+    from cpr_function.batch import Failure, isolate
+    from cpr_function.errors import BadRequest
+
+    calls = []
+
+    def predict(part):
+        calls.append(len(part))
+        if "bad" in part:
+            raise BadRequest(f"{part.index('bad')} is bad")
+        return [x * 2 for x in part]
+
+    instances = [*range(30), "bad", *range(33)]
+    outcomes = isolate(predict, instances)
+    assert outcomes[:30] == [x * 2 for x in range(30)]
+    assert outcomes[30] == Failure(400, "0 is bad")
+    assert outcomes[31:] == [x * 2 for x in range(33)]
+    assert len(calls) <= 2 * 7 + 1  # 64 instances: 2 log2(64) calls more, at most
