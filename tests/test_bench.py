@@ -25,6 +25,13 @@ RATIO = r"\d+\.\d+x"
 
 # script, brief arguments, lines the output must hold (regular expressions)
 RUNS = {
+    "batch": (
+        ["--instances", "500", "--model", "example"],
+        [
+            rf"^ +beam-{n} / {side} +{RATIO}"
+            for n, side in ((1, "floor"), (2, "beam-1"), (2, "online"))
+        ],
+    ),
     "overhead": (
         ["--seconds", "0.2", "--rounds", "1"],
         # each connection count in the default's table and in CPR_REQUEST_LOG=errors' table

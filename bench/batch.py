@@ -1,0 +1,196 @@
+"""batch-predict vs a plain Python loop and vs the online path, side by side in one run.
+
+Usage: python bench/batch.py [--instances 200000] [--batch-size 64] [--rounds 1]
+                             [--model example|forest|both]
+
+For each model, over the same file of instances (JSON lines), each round times:
+
+- `floor`: one Python process that loads the model, reads the file, calls predict on
+  batches of --batch-size and writes one JSON line per instance: no framework at all;
+- `beam-1`, `beam-2`: `python -m cpr_function batch-predict` on Beam's local runner with
+  1 and 2 worker processes (the default on 2 cores);
+- `online`: `python -m cpr_function predict` sending the file in batches of --batch-size
+  to a warm local function (its start is not counted).
+
+Each figure is the wall time of a whole command, start to exit, so Beam's start, the
+model's load in each worker and writing the output are all counted. `example` is the
+bundled routine (its predictor, run in the floor from its own modules); `forest` a
+100-tree scikit-learn forest served with no custom code (sklearn's predict in the floor).
+Beam's own cost per element is (beam-1 - floor) divided by the chunks it handled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO, Function  # noqa: E402
+from microbatch import train_forest  # noqa: E402
+
+EXAMPLES = REPO / "examples"
+EXAMPLE_FLAGS = [
+    *("--model-dir", str(EXAMPLES / "model")),
+    *("--package-uris", str(EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz")),
+    *("--prediction-class", "predictor.MyPredictor"),
+]
+
+# The floor: the least a script must do for the same output.
+FLOOR = r"""
+import json, pickle, sys
+import joblib
+import numpy as np
+
+kind, model_dir, source, target, size = sys.argv[1:6]
+size = int(size)
+if kind == "example":
+    sys.path.insert(0, sys.argv[6])  # the routine's own preprocess module, for its pickle
+    model = joblib.load(f"{model_dir}/model.joblib")
+    with open(f"{model_dir}/preprocessor.pkl", "rb") as f:
+        preprocessor = pickle.load(f)
+    predict = lambda rows: model.predict(preprocessor.preprocess(np.asarray(rows))).tolist()
+else:
+    model = joblib.load(f"{model_dir}/model.joblib")
+    predict = lambda rows: model.predict(np.asarray(rows)).tolist()
+with open(source, "rb") as lines, open(target, "w") as out:
+    batch = []
+    def flush():
+        for row, p in zip(batch, predict([json.loads(r) for r in batch])):
+            out.write('{"instance":' + row.decode() + ',"prediction":' + json.dumps(p) + "}\n")
+        batch.clear()
+    for line in lines:
+        batch.append(line.strip())
+        if len(batch) == size:
+            flush()
+    if batch:
+        flush()
+"""
+
+
+def instances(count: int, path: Path) -> None:
+    random.seed(0)
+    with path.open("w") as out:
+        for _ in range(count):
+            row = [round(random.uniform(0.1, 7.9), 2) for _ in range(4)]
+            out.write(json.dumps(row) + "\n")
+
+
+def env() -> dict[str, str]:
+    closed = "127.0.0.1:9"  # loopback only: Google's metadata server is never probed
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CPR_")}
+    return {**base, "NO_GCE_CHECK": "True", "GCE_METADATA_HOST": closed, "GCE_METADATA_IP": closed}
+
+
+def timed(command: list[str], **kwargs) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env(), **kwargs)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:5])} ... failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def run_model(kind: str, work: Path, args) -> dict[str, list[float]]:
+    source = work / f"{kind}.jsonl"
+    instances(args.instances, source)
+    if kind == "example":
+        flags, model_dir = EXAMPLE_FLAGS, EXAMPLES / "model"
+        fn_env = {}
+    else:
+        model_dir = work / "forest"
+        train_forest(model_dir)
+        flags = ["--model-dir", str(model_dir), "--framework", "scikit-learn"]
+        fn_env = {"CPR_ORIGIN": str(model_dir), "CPR_FRAMEWORK": "scikit-learn"}
+    cache = work / "cache"
+    common = ["--input-paths", str(source), "--batch-size", str(args.batch_size)]
+    common += ["--cache-dir", str(cache)]
+    fn = Function({**fn_env, "CPR_CACHE_DIR": str(cache)})
+    times: dict[str, list[float]] = {"floor": [], "beam-1": [], "beam-2": [], "online": []}
+    try:
+        fn.call("/predict", {"instances": [[5.1, 3.5, 1.4, 0.2]]})  # warm
+        for round_ in range(args.rounds):
+            out = work / f"out-{kind}-{round_}"
+            floor = [sys.executable, "-c", FLOOR, kind, str(model_dir), str(source)]
+            floor += [
+                str(work / "floor.jsonl"),
+                str(args.batch_size),
+                str(EXAMPLES / "custom_code"),
+            ]
+            times["floor"].append(timed(floor))
+            for workers in (1, 2):
+                command = [sys.executable, "-m", "cpr_function", "batch-predict", *flags, *common]
+                command += [
+                    "--output-path",
+                    f"{out}-{workers}",
+                    "--direct_num_workers",
+                    str(workers),
+                ]
+                times[f"beam-{workers}"].append(timed(command, cwd=REPO))
+                summary = json.loads(Path(f"{out}-{workers}/prediction.summary.json").read_text())
+                assert summary["predicted"] == args.instances, summary
+            online = [sys.executable, "-m", "cpr_function", "predict", "--url"]
+            online += [f"http://127.0.0.1:{fn.port}/predict", "--json-instances", str(source)]
+            online += ["--batch-size", str(args.batch_size), "--no-progress"]
+            online += ["--output", str(work / "online.jsonl")]
+            times["online"].append(timed(online, cwd=REPO))
+            shown = ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
+            print(f"{kind} round {round_ + 1}: {shown}", flush=True)
+    finally:
+        fn.stop()
+    return times
+
+
+def report(kind: str, times: dict[str, list[float]], args) -> None:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rate = {k: args.instances / s for k, s in med.items()}
+    print(
+        f"\n{kind}: {args.instances} instances, batches of {args.batch_size}, "
+        f"{args.rounds} round(s); medians"
+    )
+    for name in times:
+        spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}s"
+        print(f"  {name:<7} {med[name]:7.2f}s  {rate[name]:9.0f} instances/s  ({spread})")
+    print(
+        f"  beam-1 / floor  {rate['beam-1'] / rate['floor']:.2f}x  (target >= 0.8x on the forest)"
+    )
+    print(
+        f"  beam-2 / beam-1 {rate['beam-2'] / rate['beam-1']:.2f}x  (target >= 1.6x on the forest)"
+    )
+    print(f"  beam-2 / online {rate['beam-2'] / rate['online']:.2f}x  (target >= 3x)")
+    print(f"  beam-1 / online {rate['beam-1'] / rate['online']:.2f}x")
+    chunks = -(-args.instances // args.batch_size)
+    extra = (med["beam-1"] - med["floor"]) / chunks * 1e6
+    print(
+        f"  Beam and the function's layers over the floor: {extra:.0f} us a chunk of "
+        f"{args.batch_size}, {extra / args.batch_size:.1f} us an instance (start included)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=200_000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--model", choices=("example", "forest", "both"), default="both")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cpr-bench-batch-"))
+    try:
+        kinds = ("example", "forest") if args.model == "both" else (args.model,)
+        results = {kind: run_model(kind, work, args) for kind in kinds}
+        for kind, times in results.items():
+            report(kind, times, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
