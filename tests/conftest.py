@@ -21,6 +21,19 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
+def _closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+# Google's libraries look for credentials by probing the metadata server, whose address is
+# not loopback: every test, and every process a test starts, finds a closed local port
+# there instead, and is told not to probe at all.
+os.environ.update(NO_GCE_CHECK="True", GCE_METADATA_HOST=_closed_port())
+os.environ["GCE_METADATA_IP"] = os.environ["GCE_METADATA_HOST"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
