@@ -11,10 +11,13 @@ $(BIN)/.serving: requirements.txt
 	$(PIP) --no-compile -r requirements.txt
 	touch $@
 
-# What the tests need besides: the framework runtimes, Google's clients, the tools.
+# What the tests need besides: the framework runtimes, Google's clients, the tools. Then
+# everything compiled once: the serving install skips it, and where PYTHONDONTWRITEBYTECODE
+# is set, every process the tests start would compile its imports again (2 s and more).
 $(BIN)/.installed: $(BIN)/.serving $(wildcard requirements-*.txt)
 	$(PIP) -r requirements-dev.txt
 	$(PIP) --no-deps -r requirements-keras2.txt
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null
 	touch $@
 
 .PHONY: serve test lint
