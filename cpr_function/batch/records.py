@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 FORMATS = ("text", "tf-record", "tf-record-gzip")
 
 
-class Source(NamedTuple):
-    """Where a record came from: its file, and its line (or record) number from 1."""
-
-    path: str
-    line: int
+# Where a record came from: its file, and its line (or record) number from 1. A plain
+# tuple: Beam's coder handles a chunk of them ten times faster than of NamedTuples.
+Source = tuple[str, int]
 
 
 def chunks(readable_file, data_format: str, size: int) -> Iterator[list[tuple[Source, bytes]]]:
@@ -32,7 +30,7 @@ def chunks(readable_file, data_format: str, size: int) -> Iterator[list[tuple[So
         records = _tf_records(readable_file, gzip=data_format == "tf-record-gzip")
     chunk: list[tuple[Source, bytes]] = []
     for number, record in records:
-        chunk.append((Source(path, number), record))
+        chunk.append(((path, number), record))
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -95,16 +93,18 @@ def result_line(echo: bytes, prediction: Any) -> bytes:
 
 def error_line(source: Source, echo: bytes, status: int, message: str) -> bytes:
     error = orjson.dumps({"status": status, "message": message})
-    where = orjson.dumps({"path": source.path, "line": source.line})[1:-1]
+    path, line = source
+    where = orjson.dumps({"path": path, "line": line})[1:-1]
     return b'{"instance":' + echo + b',"error":' + error + b"," + where + b"}"
 
 
 def unparsable_line(source: Source, record: bytes | str, message: str) -> bytes:
     text = "" if isinstance(record, str) else record[:1000].decode("utf-8", "replace")
+    path, line = source
     return orjson.dumps(
         {
-            "path": source.path,
-            "line": source.line,
+            "path": path,
+            "line": line,
             "text": text,
             "error": {"status": 400, "message": message},
         }
