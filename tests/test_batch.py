@@ -487,3 +487,31 @@ def test_a_bad_instance_is_isolated_in_few_calls():
     assert outcomes[30] == Failure(400, "0 is bad")
     assert outcomes[31:] == [x * 2 for x in range(33)]
     assert len(calls) <= 2 * 7 + 1  # 64 instances: 2 log2(64) calls more, at most
+
+
+def test_a_job_that_reads_no_instance_fails(env, tmp_path):
+    (tmp_path / "in.jsonl").write_text("\n  \n\n")
+    out = tmp_path / "out"
+    done = batch(
+        env,
+        *EXAMPLE,
+        *("--input-paths", str(tmp_path / "in.jsonl"), "--output-path", str(out), *IN_PROCESS),
+    )
+    assert done.returncode == 1
+    assert f"no instance could be read from {tmp_path / 'in.jsonl'}" in done.stderr
+    assert json.loads((out / "prediction.summary.json").read_text())["instancesRead"] == 0
+
+
+def test_the_function_never_imports_beam(env):
+    script = (
+        "import sys, functions_framework\n"
+        "client = functions_framework.create_app('predict', 'main.py').test_client()\n"
+        "answer = client.post('/', json={'instances': [[5.1, 3.5, 1.4, 0.2]]})\n"
+        "assert answer.status_code == 200, answer.get_json()\n"
+        "beam = ('apache_beam', 'cpr_function.batch')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(beam)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert done.stdout.strip() == "[]", done.stderr
