@@ -217,6 +217,50 @@ def test_gzipped_tf_records_of_the_bundled_routine_predict_as_local_predict(env,
     assert summary["instancesRead"] == 41 and summary["failed"] == 1
 
 
+EXAMPLES_MODEL = r"""
+import sys
+import tensorflow as tf
+
+class Parse(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, examples):
+        parsed = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([2], tf.float32)})
+        return {"total": tf.reduce_sum(parsed["x"], axis=1)}
+
+module = Parse()
+tf.saved_model.save(module, sys.argv[1], signatures={"from_examples": module.serve})
+with tf.io.TFRecordWriter(sys.argv[2]) as records:
+    for i in range(20):
+        x = tf.train.Feature(float_list=tf.train.FloatList(value=[i, 0.5]))
+        example = tf.train.Example(features=tf.train.Features(feature={"x": x}))
+        records.write(example.SerializeToString())
+"""
+
+
+def test_serialized_examples_reach_a_savedmodel_that_parses_them(env, tmp_path):
+    pytest.importorskip("tensorflow")
+    model, records = tmp_path / "model", tmp_path / "examples.tfrecord"
+    subprocess.run(
+        [sys.executable, "-c", EXAMPLES_MODEL, str(model), str(records)],
+        check=True,
+        capture_output=True,
+    )
+    out = tmp_path / "out"
+    done = batch(
+        env,
+        *("--model-dir", str(model), "--framework", "tensorflow"),
+        *("--input-paths", str(records), "--output-path", str(out)),
+        *("--data-format", "tf-record", "--signature-name", "from_examples", "--batch-size", "8"),
+        *IN_PROCESS,
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors, _ = outputs(out)
+    assert errors == []
+    # Each record went as {"b64": ...}, decoded to the bytes the signature parses.
+    assert sorted(r["prediction"] for r in results) == [i + 0.5 for i in range(20)]
+    assert all(set(r["instance"]) == {"b64"} for r in results)
+
+
 FOREST = r"""
 import sys
 from pathlib import Path
