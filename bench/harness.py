@@ -185,6 +185,24 @@ class Function:
                 self.logs.wait()
 
 
+def post(port: int, path: str, body: dict, *, timeout: float = 60) -> dict:
+    """One request to a server on loopback; its JSON answer.
+
+    Raises:
+        RuntimeError: the answer's status was not 200.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        data = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"POST {path} on port {port}: {answer.status}: {data[:500]!r}")
+        return json.loads(data)
+    finally:
+        conn.close()
+
+
 @dataclass
 class Load:
     """Latencies of the requests completed in one run."""

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
-import json
 import os
 import signal
 import socket
@@ -28,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Function, Load, free_port, load  # noqa: E402
+from harness import Function, Load, free_port, load, post  # noqa: E402
 
 SIZES = (1, 100)
 CONNECTIONS = (1, 8)
@@ -115,20 +113,6 @@ def save_models(root: Path) -> tuple[list[str], list[list[float]]]:
         input_example=features.head(3),
     )
     return list(features.columns), features.to_numpy().tolist()
-
-
-def post(port: int, path: str, body: dict) -> dict:
-    """One request, for the answers both servers must agree on before they are measured."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        answer = conn.getresponse()
-        data = answer.read()
-        if answer.status != 200:
-            raise RuntimeError(f"POST {path} on port {port}: {answer.status}: {data[:500]!r}")
-        return json.loads(data)
-    finally:
-        conn.close()
 
 
 def measure(servers: dict, requests: dict, *, rounds: int, seconds: float) -> dict:
