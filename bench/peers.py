@@ -289,13 +289,21 @@ def measure(args, servers: dict, rows: list) -> dict:
                 for side in order:
                     server = servers[side]
                     body = server.body(rows[:n])
-                    done = generate(
-                        server.port,
-                        server.path,
-                        body,
-                        connections=connections,
-                        seconds=args.seconds,
-                    )
+                    try:
+                        done = generate(
+                            server.port,
+                            server.path,
+                            body,
+                            connections=connections,
+                            seconds=args.seconds,
+                        )
+                    except RuntimeError as exc:  # a server refusing requests under load
+                        print(
+                            f"  {side}, {n} instance(s), {connections} connections: "
+                            f"{str(exc).splitlines()[0]}; counted as failed",
+                            flush=True,
+                        )
+                        done = None
                     results.setdefault((side, n, connections), []).append(done)
     return results
 
@@ -312,13 +320,20 @@ def report(label: str, results: dict, args) -> None:
             cells = []
             for peer in PEERS:
                 theirs = results[(peer, n, connections)]
-                ratios = [o.throughput / t.throughput for o, t in zip(ours, theirs, strict=True)]
+                pairs = zip(ours, theirs, strict=True)
+                ratios = [o.throughput / t.throughput for o, t in pairs if o and t]
+                if not ratios:
+                    cells.append("failed")
+                    continue
                 cells.append(
                     f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
                 )
             lat = []
             for side in ("ours", *PEERS):
-                runs = results[(side, n, connections)]
+                runs = [r for r in results[(side, n, connections)] if r]
+                if not runs:
+                    lat.append("failed")
+                    continue
                 p50 = statistics.median(r.p50 for r in runs) * 1000
                 p99 = statistics.median(r.p99 for r in runs) * 1000
                 lat.append(f"{p50:.1f}/{p99:.1f}")
