@@ -67,6 +67,10 @@ RUNS = {
         ["--rounds", "1"],
         [rf"^{name} +[\d.]+ +[\d.]+ +{RATIO}" for name in ("booster-500", "forest-100")],
     ),
+    "threads": (
+        ["--seconds", "0.3", "--rounds", "1", "--connections", "1,8", "--generator", "python"],
+        [rf"^ +{c} +1\.00x +\d+/s" for c in (1, 8)],
+    ),
     "mlflow_serve": (
         ["--seconds", "0.2", "--rounds", "1"],
         [rf"^ +{n} +{c} +{RATIO}" for n in (1, 100) for c in (1, 8)],
