@@ -172,11 +172,12 @@ def test_a_routine_from_a_models_file_answers_every_line_exactly_once(env, relea
     assert "instancesRead: 152" in done.stdout
 
 
-def _tf_records(path: Path, records: list[bytes]) -> None:
+def _tf_records(path: Path, records: list[bytes], *, gzip: bool = True) -> None:
     # TensorFlow's own writer, in a child process (it warns at import).
+    options = "'GZIP'" if gzip else "None"
     script = (
         "import sys, json, tensorflow as tf\n"
-        "with tf.io.TFRecordWriter(sys.argv[1], options='GZIP') as w:\n"
+        f"with tf.io.TFRecordWriter(sys.argv[1], options={options}) as w:\n"
         "    for r in json.loads(sys.stdin.read()):\n"
         "        w.write(bytes.fromhex(r))\n"
     )
@@ -259,6 +260,32 @@ def test_serialized_examples_reach_a_savedmodel_that_parses_them(env, tmp_path):
     # Each record went as {"b64": ...}, decoded to the bytes the signature parses.
     assert sorted(r["prediction"] for r in results) == [i + 0.5 for i in range(20)]
     assert all(set(r["instance"]) == {"b64"} for r in results)
+
+
+def test_a_corrupt_tf_record_fails_itself_and_what_cannot_be_framed_after_it(env, tmp_path):
+    pytest.importorskip("tensorflow")
+    from conftest import IRIS
+
+    path = tmp_path / "in.tfrecord"
+    _tf_records(path, [json.dumps(row).encode() for row in IRIS * 2], gzip=False)
+    data = bytearray(path.read_bytes())
+    record = len(data) // 6  # each of the 6 records takes the same room
+    data[3 * record + 14] ^= 0xFF  # a byte of the 4th record's data: its checksum breaks
+    path.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    done = batch(
+        env,
+        *EXAMPLE,
+        *("--input-paths", str(path), "--output-path", str(out), "--data-format", "tf-record"),
+        *IN_PROCESS,
+    )
+    assert done.returncode == 0, done.stderr
+    results, errors, summary = outputs(out)
+    assert [r["instance"] for r in results] == IRIS
+    (error,) = errors
+    assert error["line"] == 4 and "corrupt" in error["error"]["message"], error
+    assert "the rest of its file is skipped" in error["error"]["message"]
+    assert (summary["predicted"], summary["unparsable"]) == (3, 1)
 
 
 FOREST = r"""

@@ -20,15 +20,19 @@ FORMATS = ("text", "tf-record", "tf-record-gzip")
 Source = tuple[str, int]
 
 
-def chunks(readable_file, data_format: str, size: int) -> Iterator[list[tuple[Source, bytes]]]:
-    """The file's records in chunks of at most `size`: text lines (blank ones skipped), or
-    TFRecord records. A record that cannot be read is a string saying why, in its place."""
+def chunks(readable_file, data_format: str, size: int) -> Iterator[list]:
+    """The file's records in chunks of at most `size`, each `(source, record)`: text lines
+    (blank ones skipped), or TFRecord records. A record that cannot be read is a string
+    saying why, in its place.
+
+    (Annotated as a plain list: Beam picks its coder from the hint, and one for bytes
+    alone cannot carry that string.)"""
     path = readable_file.metadata.path
     if data_format == "text":
         records = _lines(readable_file)
     else:
         records = _tf_records(readable_file, gzip=data_format == "tf-record-gzip")
-    chunk: list[tuple[Source, bytes]] = []
+    chunk: list[tuple[Source, bytes | str]] = []
     for number, record in records:
         chunk.append(((path, number), record))
         if len(chunk) == size:
