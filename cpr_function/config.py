@@ -101,6 +101,17 @@ class Config:
     is_example: bool = False
 
     @classmethod
+    def for_command(cls, *, cache_dir: str | None, install_dependencies: bool, flag: str) -> Config:
+        """The settings a command's flags give (`local-predict`, `check`, `batch-predict`):
+        `cache_dir` or the default cache, checked as `flag`.
+
+        Raises:
+            ConfigError: the cache folder cannot be created or written.
+        """
+        folder = setting_values.cache_folder(Path(cache_dir or cls.cache_dir), flag)
+        return cls(cache_dir=folder, install_dependencies=install_dependencies)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
         """Builds the configuration from environment variables.
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -98,13 +97,13 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
         Raises:
             ConfigError: the model flags are wrong, or the models file has no such version.
         """
-        from .. import setting_values
         from ..config import Config
 
-        config = Config(install_dependencies=self._install_dependencies)
-        if self._cache_dir:
-            config = dataclasses.replace(config, cache_dir=Path(self._cache_dir))
-        setting_values.cache_folder(config.cache_dir, "cache_dir")
+        config = Config.for_command(
+            cache_dir=self._cache_dir,
+            install_dependencies=self._install_dependencies,
+            flag="cache_dir",
+        )
         models, model, version = self._models
         if models is None:
             from ..version_fields import version_spec

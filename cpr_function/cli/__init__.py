@@ -185,19 +185,18 @@ _FLAGS = {
 
 def _flag_config(args):
     """The configuration and the one version the model flags describe."""
-    import dataclasses
-
-    from .. import setting_values, version_fields
+    from .. import version_fields
     from ..config import Config
     from ..errors import ConfigError
 
     fields = {f: getattr(args, f.replace("origin", "model_dir")) for f in _FLAGS}
-    config = Config(install_dependencies=args.install_dependencies)
     try:
         spec = version_fields.version_spec("local", "v1", fields, lambda f: _FLAGS.get(f, f))
-        if args.cache_dir:
-            config = dataclasses.replace(config, cache_dir=Path(args.cache_dir))
-        setting_values.cache_folder(config.cache_dir, "--cache-dir")
+        config = Config.for_command(
+            cache_dir=args.cache_dir,
+            install_dependencies=args.install_dependencies,
+            flag="--cache-dir",
+        )
     except ConfigError as exc:
         raise _Usage(str(exc)) from exc
     return config, spec
