@@ -77,7 +77,7 @@ def run(args, usage) -> int:
     if args.max_error_rate is not None and not 0 <= args.max_error_rate <= 1:
         raise usage(f"--max-error-rate must be between 0 and 1; got {args.max_error_rate:g}")
     handler = CprModelHandler(**_model(args, usage), kwargs=kwargs)
-    spec = job.Job(
+    batch_job = job.Job(
         handler=handler,
         input_paths=tuple(p.strip() for p in args.input_paths.split(",") if p.strip()),
         output_path=args.output_path.rstrip("/"),
@@ -88,13 +88,13 @@ def run(args, usage) -> int:
     )
     try:
         handler.resolve()
-        opts, runner = job.options(spec.beam_args)
-        files = job.check(spec, opts, runner)
+        opts, runner = job.options(batch_job.beam_args)
+        files = job.check(batch_job, opts, runner)
         if args.dry_run:
-            return _dry_run(job, spec, opts, runner, files)
+            return _dry_run(job, opts, runner, files)
         if job.is_local(runner):
-            job.load_here(spec)
-        job.run(spec, opts, runner, sys.stdout)
+            job.load_here(batch_job)
+        job.run(batch_job, opts, runner, sys.stdout)
     except ConfigError as exc:
         raise usage(str(exc)) from exc
     except job.JobFailed as exc:
@@ -106,7 +106,7 @@ def run(args, usage) -> int:
     return 0
 
 
-def _dry_run(job, spec, opts, runner, files) -> int:
+def _dry_run(job, opts, runner, files) -> int:
     name = type(runner).__name__ if job.is_local(runner) else runner
     print(f"runner: {name}")
     print(f"input files: {len(files)}")
