@@ -61,7 +61,7 @@ KNOWN = (
 LOG_FORMATS = ("auto", "json", "text")
 # CPR_REQUEST_LOG: the lowest status an answered request is logged with, per choice.
 REQUEST_LOGS = {"all": 0, "errors": 400, "none": None}
-WARMUPS = ("none", "default", "all")
+WARMUPS = ("auto", "none", "default", "all")
 
 
 class Batching(NamedTuple):
@@ -92,7 +92,7 @@ class Config:
     memory_budget: int | None = None
     log_format: str = "auto"
     request_log: str = "all"
-    warmup: str = "none"
+    warmup: str = "auto"
     predict_timeout: float | None = None
     storage_retry_seconds: float = 20.0
     microbatch: str = "false"
@@ -134,7 +134,7 @@ class Config:
             )
         budget = get("CPR_MEMORY_BUDGET")
         log_format = setting_values.choice(get, "CPR_LOG_FORMAT", LOG_FORMATS, "auto")
-        warmup = (get("CPR_WARMUP") or "none").lower()
+        warmup = (get("CPR_WARMUP") or "auto").lower()
         if warmup in setting_values.TRUE:
             warmup = "default"
         elif warmup in setting_values.FALSE:
@@ -142,7 +142,8 @@ class Config:
         if warmup not in WARMUPS:
             raise ConfigError(
                 "CPR_WARMUP must be true (load the default model's default version when a "
-                "worker starts), all (every version) or false; "
+                "worker starts), all (every version), false, or auto (true when more than "
+                "one worker process serves); "
                 f"got {get('CPR_WARMUP')!r}"
             )
         settings = dict(

@@ -4,8 +4,9 @@ A function's `main.py` needs one line, `from cpr_function import predict`; funct
 framework may also take this file itself as `--source`, so its imports are absolute.
 Importing it reads the configuration (and a models file) and nothing else: no model is
 downloaded or loaded before the first request, so the gunicorn master that imports it
-before forking workers stays light. With CPR_WARMUP, each worker starts loading right
-after the fork.
+before forking workers stays light. With CPR_WARMUP, or more than one worker, each
+worker starts loading right after the fork. It also fills in functions-framework's
+`WORKERS` and `THREADS` where unset (see `http.workers`), before the server reads them.
 """
 
 import os
@@ -14,13 +15,19 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from cpr_function.config import Config
+from cpr_function.http import workers
 from cpr_function.http.app import App
 from cpr_function.logs import configure
 
+workers.fill_defaults(os.environ, workers.usable_cpus())
 _config = Config.from_env(os.environ)
 configure(_config.log_format)
 _app = App(_config)
-if _config.warmup != "none":
+# With several worker processes, each loads its own copy of the model: warm every one,
+# or a request that reaches a second worker waits for a cold load of its own.
+if _config.warmup in ("default", "all") or (
+    _config.warmup == "auto" and workers.count(os.environ) > 1
+):
     os.register_at_fork(after_in_child=_app.warm_up)
 
 

@@ -217,7 +217,7 @@ class FunctionProcess:
         env: dict[str, str],
         log_path: Path,
         *,
-        workers: int | None = None,
+        workers: int | None = 1,
         threads: int | None = None,
     ):
         self.port = free_port()
