@@ -66,7 +66,7 @@ def settings(model: str, workdir: Path, args) -> dict[str, dict[str, str]]:
         on["CPR_MICROBATCH_WAIT_MS"] = str(args.wait_ms)
     if args.max_size is not None:
         on["CPR_MICROBATCH_MAX_SIZE"] = str(args.max_size)
-    return {"off": base, "on": on}  # off: the example with no CPR_* variable at all
+    return {"off": {**base, "CPR_MICROBATCH": "false"}, "on": on}
 
 
 def batcher(fn: Function) -> dict:

@@ -95,8 +95,8 @@ class Config:
     warmup: str = "auto"
     predict_timeout: float | None = None
     storage_retry_seconds: float = 20.0
-    microbatch: str = "false"
-    microbatch_max_size: int = 64
+    microbatch: str = "true"
+    microbatch_max_size: int = 1024
     microbatch_wait: float = 0.002
     is_example: bool = False
 

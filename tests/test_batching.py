@@ -423,7 +423,7 @@ def test_each_version_of_a_models_file_merges_as_its_own_fields_say(function, ki
         {
             "CPR_MODELS": str(tmp_path / "models.json"),
             "CPR_CACHE_DIR": str(tmp_path / "cache"),
-            "CPR_MICROBATCH": "true",  # the deployment's: 64 instances, 2 ms
+            "CPR_MICROBATCH": "true",  # the deployment's: 1024 instances, 2 ms
             "KIT_BATCHES": str(log),
             "KIT_CALL_SECONDS": "0.05",
         },
@@ -473,6 +473,26 @@ def test_a_version_served_in_process_merges_when_its_own_field_says_so(function,
     answers = _concurrently(fn, [{"instances": [n]} for n in range(16)])
     assert [a.json()["predictions"][0]["instance"] for a in answers] == list(range(16))
     assert fn.status()["isolation"] == "none"
-    merged = fn.version_status()["microbatch"]  # the deployment sets nothing: off, 64, 2 ms
+    merged = fn.version_status()["microbatch"]  # the deployment sets nothing: 1024, 2 ms
     assert merged["requests"] == 16 and merged["calls"] < 16, merged
     assert (merged["maxSize"], merged["waitMs"]) == (8, 3.0) and merged["largestCall"] <= 8
+
+
+def test_a_scikit_learn_model_merges_100_instance_requests_with_nothing_set(function, tmp_path):
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+
+    features, labels = load_iris(return_X_y=True)
+    forest = RandomForestClassifier(n_estimators=100, random_state=0).fit(features, labels)
+    (tmp_path / "forest").mkdir()
+    joblib.dump(forest, tmp_path / "forest" / "model.joblib")
+    env = {"CPR_ORIGIN": str(tmp_path / "forest"), "CPR_FRAMEWORK": "scikit-learn"}
+    fn = function({**env, "CPR_CACHE_DIR": str(tmp_path / "cache")}, threads=16)
+    bodies = [{"instances": features[n : n + 100].tolist()} for n in range(0, 48, 3)]
+    answers = _concurrently(fn, bodies)
+    for body, answer in zip(bodies, answers, strict=True):
+        assert answer.json() == {"predictions": forest.predict(body["instances"]).tolist()}
+    merged = fn.version_status()["microbatch"]
+    assert merged["maxSize"] == 1024 and merged["requests"] == 16
+    assert merged["calls"] < 16 and merged["largestCall"] > 100, merged

@@ -148,7 +148,7 @@ def test_wrong_settings_name_the_variable_and_what_it_accepts(env, message):
 
 def test_micro_batching_settings():
     default = Config.from_env({})
-    assert (default.microbatch, default.microbatch_max_size) == ("false", 64)
+    assert (default.microbatch, default.microbatch_max_size) == ("true", 1024)
     config = Config.from_env(
         {"CPR_MICROBATCH": "All", "CPR_MICROBATCH_MAX_SIZE": "16", "CPR_MICROBATCH_WAIT_MS": "0.5"}
     )

@@ -81,6 +81,11 @@ class Batched:
         given: its answers can no longer be cut back into requests."""
         return self.routine.one_per_instance
 
+    def schemas(self) -> dict[str, Any] | None:
+        """The merged routine's request and response schemas, when it declares them."""
+        describe = getattr(self.routine, "schemas", None)
+        return describe() if describe is not None else None
+
     def respond(self, payload: dict[str, Any], *, vertex: bool = False) -> dict[str, Any]:
         instances, kwargs = protocol.instances_of(payload, vertex=vertex)
         if not self.merges:
