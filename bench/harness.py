@@ -336,9 +336,28 @@ def dir_bytes(folder: Path) -> int:
     return sum(sizes.values())
 
 
+def pss(pid: int) -> int:
+    """Proportional memory of a process in bytes (Linux): each page shared with other
+    processes (a forked worker's copy of its master's) counted in part, as a cgroup's
+    limit counts it once."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def tree_rss(pid: int, field: str = "VmRSS") -> int:
     """Resident memory of a process and all its descendants (gunicorn workers, model workers);
     `field="VmHWM"` sums their peaks."""
+    return _tree_sum(pid, lambda current: rss(current, field))
+
+
+def tree_pss(pid: int) -> int:
+    """Proportional memory of a process and all its descendants: what they hold together."""
+    return _tree_sum(pid, pss)
+
+
+def _tree_sum(pid: int, measure) -> int:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
@@ -348,6 +367,6 @@ def tree_rss(pid: int, field: str = "VmRSS") -> int:
     while todo:
         current = todo.pop()
         with contextlib.suppress(OSError):
-            total += rss(current, field)
+            total += measure(current)
         todo.extend(children.get(current, []))
     return total

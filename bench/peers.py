@@ -22,11 +22,14 @@ The peers are installed into virtualenvs of their own (under the temporary folde
 that all three load the same file; their versions are printed. Before anything is timed,
 the three answer the same 100 rows and must agree. Then, rounds alternating and the order
 turning, each server takes the same load: throughput and p50/p99 for each size and
-connection count, with batching off (every default) and on (ours CPR_MICROBATCH=true;
-MLServer's adaptive batching and BentoML's batchable API, each at 32 requests or 2 ms);
-start to first answer with the model on local disk; and the resident memory of each
-server's process tree after --requests requests. Ratios are ours over theirs (higher is
-better for throughput, lower for latency, start and memory); ranges are over rounds.
+connection count, with batching off (every default) and on (MLServer's adaptive batching
+and BentoML's batchable API, each at 32 requests or 2 ms; ours is the same in both, its
+defaults, which merge requests for scikit-learn models and run a worker process a CPU);
+start to first answer with the model on local disk; and the memory of each server's process
+tree after --requests requests, resident (each process's pages in full) and proportional
+(pages shared between processes counted once, as an instance's memory limit counts them).
+Ratios are ours over theirs (higher is better for throughput, lower for latency, start and
+memory); ranges are over rounds.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import GENERATORS, Function, free_port, post, tree_rss  # noqa: E402
+from harness import GENERATORS, Function, free_port, post, tree_pss, tree_rss  # noqa: E402
 
 PEERS = ("mlserver", "bentoml")
 BATCH_SIZE, BATCH_MS = 32, 2
@@ -194,10 +197,10 @@ class Ours:
     def __init__(self, model_dir: Path, cache: Path, *, batching: bool):
         env = {"CPR_ORIGIN": str(model_dir), "CPR_FRAMEWORK": "scikit-learn"}
         env["CPR_CACHE_DIR"] = str(cache)
-        if batching:
-            env["CPR_MICROBATCH"] = "true"
+        # Every default, in both modes: micro-batching is on by default for scikit-learn.
+        del batching
         self.started = time.perf_counter()
-        self.fn = Function(env)
+        self.fn = Function(env, threads=None, workers=None)
         self.port, self.proc = self.fn.port, self.fn.proc
 
     def body(self, rows: list) -> dict:
@@ -239,7 +242,7 @@ def run(args, work: Path, pythons: dict, models: dict) -> None:
         model_dir = models[name]
         expected = joblib.load(model_dir / "model.joblib").predict(rows_all[:100]).tolist()
         for batching in [False] if args.no_batching else [False, True]:
-            label = f"{name}, batching {'on' if batching else 'off'}"
+            label = f"{name}, theirs batching {'on' if batching else 'off'}"
             servers, starts = {}, {}
             try:
                 for side in sides:
@@ -256,19 +259,19 @@ def run(args, work: Path, pythons: dict, models: dict) -> None:
                 )
                 results = measure(args, servers, rows_all)
                 report(label, results, args)
-                memory = {}
-                for side, server in servers.items():
+                for server in servers.values():
                     body = server.body(rows_all[:1])
                     for _ in range(args.requests):
                         post(server.port, server.path, body)
-                    memory[side] = tree_rss(server.proc.pid)
-                print(
-                    "  memory of the process tree after "
-                    f"{args.requests} requests (MB): "
-                    + ", ".join(f"{s} {memory[s] / 2**20:.0f}" for s in sides)
-                    + "; ratio ours/theirs: "
-                    + ", ".join(f"{p} {memory['ours'] / memory[p]:.2f}x" for p in PEERS)
-                )
+                for kind, held in (("resident", tree_rss), ("proportional", tree_pss)):
+                    memory = {side: held(server.proc.pid) for side, server in servers.items()}
+                    print(
+                        f"  {kind} memory of the process tree after "
+                        f"{args.requests} requests (MB): "
+                        + ", ".join(f"{s} {memory[s] / 2**20:.0f}" for s in sides)
+                        + "; ratio ours/theirs: "
+                        + ", ".join(f"{p} {memory['ours'] / memory[p]:.2f}x" for p in PEERS)
+                    )
                 print(
                     "  first answer ratio ours/theirs: "
                     + ", ".join(f"{p} {starts['ours'] / starts[p]:.2f}x" for p in PEERS)

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--shapes", default="1x8,1x2,2x4")
     parser.add_argument("--generator", choices=sorted(GENERATORS), default="wrk")
+    parser.add_argument("--microbatch", action="store_true", help="CPR_MICROBATCH=true")
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -59,6 +60,8 @@ def main() -> None:
         root = Path(tmp)
         env = {"CPR_ORIGIN": str(model_dir(args.model, root)), "CPR_FRAMEWORK": "scikit-learn"}
         env["CPR_CACHE_DIR"] = str(root / "cache")
+        if args.microbatch:
+            env["CPR_MICROBATCH"] = "true"
         functions = {}
         try:
             for workers, threads in shapes:
