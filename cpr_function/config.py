@@ -57,11 +57,20 @@ KNOWN = (
     "CPR_MICROBATCH",
     "CPR_MICROBATCH_MAX_SIZE",
     "CPR_MICROBATCH_WAIT_MS",
+    "CPR_AUTH",
+    "CPR_ALLOWED_PRINCIPALS",
+    "CPR_AUTH_AUDIENCES",
+    "CPR_AUTH_TOKENINFO_URL",
+    "CPR_AUTH_CERTS_URL",
 )
 LOG_FORMATS = ("auto", "json", "text")
 # CPR_REQUEST_LOG: the lowest status an answered request is logged with, per choice.
 REQUEST_LOGS = {"all": 0, "errors": 400, "none": None}
 WARMUPS = ("auto", "none", "default", "all")
+AUTHS = ("iam", "google")
+# Google's endpoints for CPR_AUTH=google; settings so that tests can stand in for them.
+TOKENINFO_URL = "https://oauth2.googleapis.com/tokeninfo"
+CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 
 class Batching(NamedTuple):
@@ -98,6 +107,11 @@ class Config:
     microbatch: str = "true"
     microbatch_max_size: int = 1024
     microbatch_wait: float = 0.002
+    auth: str = "iam"
+    allowed_principals: tuple[str, ...] = ()
+    auth_audiences: tuple[str, ...] = ()
+    auth_tokeninfo_url: str = TOKENINFO_URL
+    auth_certs_url: str = CERTS_URL
     is_example: bool = False
 
     @classmethod
@@ -168,6 +182,7 @@ class Config:
                 or cls.storage_retry_seconds
             ),
             **_microbatch(get, cls),
+            **_auth(get),
         )
         model = version_fields.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
         version = version_fields.check_name(get("CPR_VERSION_NAME") or "v1", "CPR_VERSION_NAME")
@@ -240,7 +255,38 @@ class Config:
             "microbatch": self.microbatch,
             "microbatchMaxSize": self.microbatch_max_size,
             "microbatchWaitMs": round(self.microbatch_wait * 1000, 3),
+            "auth": self.auth,
+            "allowedPrincipals": list(self.allowed_principals),
         }
+
+
+def _auth(get) -> dict:
+    """Who may call: CPR_AUTH, and under google its allow list and Google's endpoints."""
+    auth = setting_values.choice(get, "CPR_AUTH", AUTHS, "iam")
+    allowed = setting_values.principals(
+        get("CPR_ALLOWED_PRINCIPALS") or "", "CPR_ALLOWED_PRINCIPALS"
+    )
+    if auth == "google" and not allowed:
+        raise ConfigError(
+            "CPR_AUTH=google needs CPR_ALLOWED_PRINCIPALS: the user:EMAIL, "
+            "serviceAccount:EMAIL or domain:DOMAIN entries to admit; it is empty, which "
+            "would refuse every caller"
+        )
+    if auth != "google" and allowed:
+        raise ConfigError(
+            "CPR_ALLOWED_PRINCIPALS is only checked with CPR_AUTH=google; under "
+            f"CPR_AUTH={auth} grant callers the invoker role instead"
+        )
+    urls = {}
+    for field, name, default in (
+        ("auth_tokeninfo_url", "CPR_AUTH_TOKENINFO_URL", TOKENINFO_URL),
+        ("auth_certs_url", "CPR_AUTH_CERTS_URL", CERTS_URL),
+    ):
+        urls[field] = get(name) or default
+        if not urls[field].startswith(("https://", "http://127.0.0.1:", "http://localhost:")):
+            raise ConfigError(f"{name} must be an https:// URL; got {urls[field]!r}")
+    audiences = tuple((get("CPR_AUTH_AUDIENCES") or "").replace(",", " ").split())
+    return dict(auth=auth, allowed_principals=allowed, auth_audiences=audiences, **urls)
 
 
 def _microbatch(get, cls) -> dict:

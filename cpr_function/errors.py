@@ -13,6 +13,7 @@ class CprError(Exception):
     """
 
     status_code: ClassVar[int] = 500
+    headers: ClassVar[dict[str, str]] = {}  # sent with the error's response
 
 
 class ConfigError(CprError):
@@ -29,6 +30,25 @@ class NotFound(CprError):
     """No such route, model or version."""
 
     status_code = 404
+
+
+class Unauthenticated(CprError):
+    """No Google credential, or one that does not verify (`CPR_AUTH=google`)."""
+
+    status_code = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="cpr-function"'}
+
+
+class PermissionDenied(CprError):
+    """A verified caller who is not on `CPR_ALLOWED_PRINCIPALS`."""
+
+    status_code = 403
+
+
+class AuthUnavailable(CprError):
+    """Google's token endpoints could not answer: nobody is admitted meanwhile."""
+
+    status_code = 503
 
 
 class MethodNotAllowed(CprError):

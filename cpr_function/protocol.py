@@ -271,6 +271,8 @@ def json_type(value) -> str:
 # google.rpc status names for the HTTP statuses we answer with.
 _RPC_STATUS = {
     400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "UNIMPLEMENTED",
     413: "INVALID_ARGUMENT",

@@ -93,3 +93,30 @@ def cache_folder(path: Path, name: str) -> Path:
             "Run, one under /tmp)"
         ) from None
     return path
+
+
+def principals(raw: str, name: str) -> tuple[str, ...]:
+    """The allow list from `user:EMAIL`, `serviceAccount:EMAIL`, `domain:DOMAIN` or a bare
+    email, separated by commas or spaces; bare emails become `user:` entries.
+
+    Raises:
+        ConfigError: an entry is none of those.
+    """
+    kinds = ("user", "serviceAccount", "group", "domain")
+    found = []
+    for entry in raw.replace(",", " ").split():
+        kind, sep, value = entry.partition(":")
+        if not sep:
+            kind, value = "user", entry
+        if kind == "group":
+            raise ConfigError(
+                f"{name}: {entry!r} is a group, which a token does not show membership of; "
+                "list its members, or use iam mode and grant the group the invoker role"
+            )
+        if kind not in kinds or not value or (kind != "domain") != ("@" in value):
+            raise ConfigError(
+                f"{name} takes user:EMAIL, serviceAccount:EMAIL, domain:DOMAIN or an email, "
+                f"separated by commas; got {entry!r}"
+            )
+        found.append(f"{kind}:{value.lower()}")
+    return tuple(found)

@@ -102,6 +102,30 @@ def test_a_models_file_replaces_the_single_model_settings():
             "CPR_REQUEST_LOG must be one of all, errors, none; got 'some'",
         ),
         ({"CPR_WARMUP": "soon"}, "CPR_WARMUP must be true (load the default model's default"),
+        ({"CPR_AUTH": "open"}, "CPR_AUTH must be one of iam, google; got 'open'"),
+        (
+            {"CPR_AUTH": "google"},
+            "CPR_AUTH=google needs CPR_ALLOWED_PRINCIPALS: the user:EMAIL, serviceAccount:EMAIL "
+            "or domain:DOMAIN entries to admit; it is empty",
+        ),
+        (
+            {"CPR_AUTH": "google", "CPR_ALLOWED_PRINCIPALS": "alice"},
+            "CPR_ALLOWED_PRINCIPALS takes user:EMAIL, serviceAccount:EMAIL, domain:DOMAIN or an "
+            "email, separated by commas; got 'alice'",
+        ),
+        (
+            {"CPR_AUTH": "google", "CPR_ALLOWED_PRINCIPALS": "group:team@example.com"},
+            "'group:team@example.com' is a group, which a token does not show membership of",
+        ),
+        ({"CPR_ALLOWED_PRINCIPALS": "a@b.com"}, "is only checked with CPR_AUTH=google"),
+        (
+            {
+                "CPR_AUTH": "google",
+                "CPR_ALLOWED_PRINCIPALS": "a@b.com",
+                "CPR_AUTH_CERTS_URL": "http://keys.example/certs",
+            },
+            "CPR_AUTH_CERTS_URL must be an https:// URL; got 'http://keys.example/certs'",
+        ),
         ({"CPR_ISOLATION": "thread"}, "CPR_ISOLATION must be one of auto, process, none"),
         ({"CPR_MEMORY_BUDGET": "lots"}, "CPR_MEMORY_BUDGET must be a size in bytes"),
         (

@@ -230,6 +230,7 @@ def test_chunked_body_over_the_limit_is_413(function, tmp_path):
         ({"CPR_MAX_MODEL_BYTES": "lots"}, "CPR_MAX_MODEL_BYTES must be a size in bytes"),
         ({"CPR_FRAMEWORK": "caffe"}, "CPR_FRAMEWORK must be one of scikit-learn, xgboost"),
         ({"CPR_ORIGN": "gs://b/m"}, "unknown setting CPR_ORIGN"),
+        ({"CPR_AUTH": "google"}, "CPR_AUTH=google needs CPR_ALLOWED_PRINCIPALS"),
         # A cache folder under a file, or where nothing may be created: said at the start,
         # not as a 500 on every request.
         (

@@ -31,6 +31,7 @@ class App:
         storage = storage or Storage.configured(config)
         self.catalog = load_catalog(config)
         self.registry = Registry(self.catalog, config, storage)
+        self._gate = _gate(config)
         handlers = Handlers(config, self.catalog, self.registry)
         self._local_paths = [
             (str(config.cache_dir.resolve()), "<cache>"),
@@ -39,6 +40,7 @@ class App:
         ]
         self._actions = {
             "status": handlers.status,
+            "health": handlers.health,
             "predict": handlers.predict,
             "vertex_predict": handlers.vertex_predict,
             "list_models": handlers.list_models,
@@ -66,7 +68,7 @@ class App:
             status = exc.status_code
             message = self._without_local_paths(str(exc))
             body = protocol.error_body(message, status, google=_google(request.path))
-            headers = {"Allow": exc.allow} if isinstance(exc, _NotAllowed) else {}
+            headers = exc.headers
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.path)
             status = 500
@@ -103,6 +105,15 @@ class App:
 
     def _route(self, request, note: dict) -> tuple[int, bytes]:
         route = routes.match(request.path)
+        if self._gate is not None:
+            caller = self._gate.admit(
+                request.method,
+                route.path,
+                request.environ.get("HTTP_AUTHORIZATION"),
+                _urls(request, route.prefix),
+            )
+            if caller:
+                note["caller"] = caller
         action = route.actions.get(request.method)
         if action is None:
             raise _NotAllowed(request.method, route.path, tuple(route.actions))
@@ -169,6 +180,25 @@ def _log_request(request, status: int, seconds: float, note: dict) -> None:
     )
 
 
+def _gate(config: Config):
+    """The credential check `CPR_AUTH=google` asks for, or None under `iam`."""
+    if config.auth != "google":
+        return None
+    from .auth import Gate
+    from .tokens import Verifier
+
+    verifier = Verifier(tokeninfo_url=config.auth_tokeninfo_url, certs_url=config.auth_certs_url)
+    return Gate(config.allowed_principals, verifier, config.auth_audiences)
+
+
+def _urls(request, prefix: str) -> tuple[str, ...]:
+    """Where the request was sent: `https://HOST` (the scheme Cloud Run's front end saw), and
+    with the path's prefix before the route (a Cloud Functions URL's `/NAME`)."""
+    scheme = request.environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip()
+    origin = f"{scheme or request.scheme}://{request.host}"
+    return (origin, origin + prefix) if prefix else (origin,)
+
+
 def _google(path: str) -> bool:
     """Whether the path is one of Google's resource routes, whose clients expect Google's errors."""
     return "v1/projects/" in path
@@ -177,4 +207,4 @@ def _google(path: str) -> bool:
 class _NotAllowed(MethodNotAllowed):
     def __init__(self, method: str, path: str, allowed: tuple[str, ...]):
         super().__init__(f"{method} is not allowed on {path}; use {' or '.join(allowed)}")
-        self.allow = ", ".join(allowed)
+        self.headers = {"Allow": ", ".join(allowed)}

@@ -93,6 +93,10 @@ class Handlers:
         model = self.catalog.model(route.model)
         return resources.endpoint(route.project, route.location, model)
 
+    def health(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
+        """The body of `GET /health`: the process answers; nothing about the models."""
+        return {"status": "ok"}
+
     def status(self, request, route: routes.Route, note: dict) -> dict[str, Any]:
         """The body of `GET /`."""
         return {"config": self.config.describe(), **self.registry.status()}

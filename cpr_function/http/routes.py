@@ -29,6 +29,7 @@ _TABLE = [
     (_V1 + r"/models", {"GET": "list_models"}),
     (r"^", {"GET": "status", "POST": "predict"}),
     (r"(?:^|/)predict", {"POST": "predict"}),
+    (r"(?:^|/)health", {"GET": "health"}),
     (r"(?:^|/)openapi\.json", {"GET": "openapi"}),
 ]
 _COMPILED = [(re.compile(pattern + "$"), actions) for pattern, actions in _TABLE]
