@@ -15,7 +15,7 @@ usage() {
   cat <<'EOF'
 usage: ./deploy.sh NAME --region REGION (--origin URI | --forward-to NAME | --models URI) [flags]
 
-What to serve (the flags of `gcloud ai-platform versions create`, plus two):
+What to serve (the flags of `gcloud ai-platform versions create`, plus a few):
   --origin URI              model directory: gs://bucket/prefix (or a folder inside this directory)
   --package-uris URIS       comma-separated .tar.gz, .zip or .whl packages
   --prediction-class CLASS  module.Class of your predictor
@@ -25,7 +25,13 @@ What to serve (the flags of `gcloud ai-platform versions create`, plus two):
   --api-endpoint URL        base URL for --forward-to
   --batch-size N            instances per forwarded call
   --models URI              a models file (gs:// or a file inside this directory)
-  --model-name NAME, --version-name NAME
+  --model-name NAME, --version-name NAME (also --model, --version): the names clients
+                            call, as in projects/P/models/NAME/versions/NAME:predict
+  --description TEXT        the version's description, as versions.get shows it
+  --labels KEY=VALUE,...    labels on the function (gcloud's --update-labels)
+  --runtime-version V, --python-version V
+                            accepted: says what those runtimes had, and what serves their models
+  --machine-type TYPE       an AI Platform machine type, as --cpu and --memory
   --warmup                  load the model when an instance starts, not on its first request
   --env KEY=VALUE           any other CPR_* setting (repeatable)
   --extras LIST             the package's extras the models need: xgboost, tensorflow,
@@ -40,6 +46,13 @@ How it runs:
   --cpu N, --timeout SECONDS, --min-instances N, --max-instances N
   --concurrency N           requests per instance at once (also sets THREADS=N)
   --service-account EMAIL
+  --auth iam|google         who checks callers (docs/authentication.md): iam (default),
+                            Cloud Run's IAM layer, callers sending ID tokens; google, the
+                            function itself, admitting the access tokens Google's clients send
+  --invoker PRINCIPAL       iam: grant the invoker role to user:EMAIL, serviceAccount:EMAIL,
+                            group:EMAIL or domain:DOMAIN (repeatable)
+  --allow PRINCIPAL         google: admit user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN
+                            (repeatable); deploys open at the IAM layer
   --allow-unauthenticated   let anyone call it (by default callers must authenticate)
   --dry-run                 stage the source, print its files and the gcloud command, deploy nothing
   --stage DIR               stage the source in DIR (empty or new) and keep it
@@ -59,8 +72,9 @@ origin="" packages="" prediction_class="" framework="" forward_to="" api_endpoin
 batch_size="" models="" model_name="" version_name="" warmup=""
 memory="" cpu="" timeout="" min_instances="" max_instances="" concurrency=""
 service_account="" allow_unauthenticated="" dry_run="" target="functions"
-stage="" wheel="" extras=""
-extra_env=()
+stage="" wheel="" extras="" auth="iam" description="" labels=""
+runtime_version="" python_version="" machine_type=""
+extra_env=() invokers=() allowed=()
 
 value() {
   # The value after a flag, refusing a missing one.
@@ -82,8 +96,22 @@ while [[ $# -gt 0 ]]; do
     --api-endpoint) api_endpoint="$(value "$@")"; shift ;;
     --batch-size) batch_size="$(value "$@")"; shift ;;
     --models) models="$(value "$@")"; shift ;;
-    --model-name) model_name="$(value "$@")"; shift ;;
-    --version-name) version_name="$(value "$@")"; shift ;;
+    --model-name | --model) model_name="$(value "$@")"; shift ;;
+    --version-name | --version) version_name="$(value "$@")"; shift ;;
+    --description) description="$(value "$@")"; shift ;;
+    --labels) labels="$(value "$@")"; shift ;;
+    --runtime-version) runtime_version="$(value "$@")"; shift ;;
+    --python-version) python_version="$(value "$@")"; shift ;;
+    --machine-type) machine_type="$(value "$@")"; shift ;;
+    --auth) auth="$(value "$@")"; shift ;;
+    --invoker) invokers+=("$(value "$@")"); shift ;;
+    --allow) allowed+=("$(value "$@")"); shift ;;
+    --staging-bucket) fail "--staging-bucket is not needed: deploy.sh stages and uploads the source itself; give --package-uris as gs:// URIs or files inside this directory" ;;
+    --config) fail "--config (a version's YAML) is not read: give its fields as flags (--origin, --package-uris, --prediction-class, --framework, --machine-type, --description, --labels)" ;;
+    --accelerator) fail "--accelerator: Cloud Functions have no GPUs; serve the model on Vertex AI and deploy with --forward-to" ;;
+    --explanation-method | --num-paths | --num-integrated-gradients-steps) fail "$1: explanations are not served; deploy the model on Vertex AI with explanations and use --forward-to" ;;
+    --async) fail "--async is not taken: gcloud functions deploy waits for the deployment; run deploy.sh in the background instead" ;;
+    --enable-logging | --enable-console-logging) echo "deploy.sh: $1 is not needed: every request is logged to Cloud Logging (docs/operations.md)" >&2 ;;
     --warmup) warmup="true" ;;
     --env) extra_env+=("$(value "$@")"); shift ;;
     --memory) memory="$(value "$@")"; shift ;;
@@ -183,6 +211,83 @@ for number in "$batch_size" "$min_instances" "$max_instances" "$concurrency"; do
   [[ -z "$number" || "$number" =~ ^[0-9]+$ ]] || fail "expected a whole number; got '$number'"
 done
 
+# Who may call. Principals are IAM members; a bare email is a user's, or a service
+# account's when it ends in .gserviceaccount.com.
+member() {
+  local flag="$1" given="$2"
+  if [[ "$given" == *.gserviceaccount.com && "$given" != *:* ]]; then
+    given="serviceAccount:$given"
+  fi
+  [[ "$given" == *:* ]] || given="user:$given"
+  [[ "$given" =~ ^(user|serviceAccount|group):[^@[:space:]]+@[^@[:space:]]+$ || "$given" =~ ^domain:[a-z0-9.-]+$ ]] \
+    || fail "$flag takes user:EMAIL, serviceAccount:EMAIL, group:EMAIL or domain:DOMAIN; got '$2'"
+  printf '%s' "$given"
+}
+case "$auth" in
+  iam)
+    [[ ${#allowed[@]} -eq 0 ]] || fail "--allow goes with --auth google (the function checks callers); under --auth iam grant callers the invoker role with --invoker"
+    [[ -z "$allow_unauthenticated" || ${#invokers[@]} -eq 0 ]] || fail "--invoker and --allow-unauthenticated contradict each other: with the latter anyone may call"
+    ;;
+  google)
+    [[ ${#invokers[@]} -eq 0 ]] || fail "--invoker goes with --auth iam; under --auth google the function is open at the IAM layer and admits the principals given with --allow"
+    [[ ${#allowed[@]} -gt 0 ]] || fail "--auth google needs --allow PRINCIPAL (repeatable): the callers the function admits"
+    ;;
+  *) fail "--auth must be iam (Cloud Run's IAM layer checks ID tokens) or google (the function checks Google's access and ID tokens); got '$auth'" ;;
+esac
+members=()
+for principal in "${invokers[@]+"${invokers[@]}"}"; do members+=("$(member --invoker "$principal")"); done
+allow_list=()
+for principal in "${allowed[@]+"${allowed[@]}"}"; do
+  principal="$(member --allow "$principal")"
+  [[ "$principal" != group:* ]] || fail "--allow $principal: a token does not show group membership; list the members, or use --auth iam --invoker $principal"
+  allow_list+=("$principal")
+done
+
+# AI Platform's machine types, as the CPU and memory Cloud Functions offer (8 vCPU and
+# 32Gi at most); --cpu and --memory given win.
+if [[ -n "$machine_type" ]]; then
+  case "$machine_type" in
+    mls1-c1-m2) shape="1 2Gi" ;;
+    mls1-c4-m2) shape="4 4Gi" ;;
+    n1-standard-2) shape="2 8Gi" ;;
+    n1-standard-4) shape="4 16Gi" ;;
+    n1-standard-8) shape="8 32Gi" ;;
+    n1-highmem-2) shape="2 16Gi" ;;
+    n1-highmem-4) shape="4 32Gi" ;;
+    n1-highcpu-2) shape="2 2Gi" ;;
+    n1-highcpu-4) shape="4 4Gi" ;;
+    n1-highcpu-8) shape="8 8Gi" ;;
+    n1-standard-16 | n1-standard-32 | n1-highmem-8 | n1-highmem-16 | n1-highmem-32 | n1-highcpu-16 | n1-highcpu-32)
+      fail "--machine-type $machine_type is larger than any function (8 vCPU, 32Gi); serve the model on Vertex AI and deploy with --forward-to" ;;
+    *) fail "--machine-type must be one of AI Platform's: mls1-c1-m2, mls1-c4-m2, n1-standard-2/4/8, n1-highmem-2/4, n1-highcpu-2/4/8; got '$machine_type'" ;;
+  esac
+  read -r shape_cpu shape_memory <<<"$shape"
+  echo "deploy.sh: --machine-type $machine_type is --cpu $shape_cpu --memory $shape_memory here (the memory rounded up to a size Cloud Functions offers)" >&2
+  [[ -n "$cpu" ]] || cpu="$shape_cpu"
+  [[ -n "$memory" ]] || memory="$shape_memory"
+fi
+
+# AI Platform's runtime versions: what their libraries were, and what serves their models.
+if [[ -n "$runtime_version" ]]; then
+  case "$runtime_version" in
+    1.*) had="TensorFlow $runtime_version, scikit-learn 0.19 to 0.20, XGBoost 0.7x to 0.8x, Python 2.7 or 3.5 to 3.7" ;;
+    2.*) had="TensorFlow $runtime_version, scikit-learn 0.22 to 1.0, XGBoost 0.90 to 1.x, Python 3.7" ;;
+    *) fail "--runtime-version must be one of AI Platform's (1.13 to 1.15, 2.1 to 2.11); got '$runtime_version'" ;;
+  esac
+  echo "deploy.sh: --runtime-version $runtime_version had $had. The function runs $runtime and today's libraries (requirements.txt); model files those releases wrote are read through the compatibility shims, and python -m cpr_function check shows each one used (docs/compatibility.md)" >&2
+fi
+if [[ -n "$python_version" ]]; then
+  case "$python_version" in
+    2.7) fail "--python-version 2.7: Python 2 code needs porting to Python 3 first; the function runs $runtime (docs/compatibility.md)" ;;
+    3.*) echo "deploy.sh: --python-version $python_version: the function runs $runtime; Python 3 routines run unchanged, and pickles of that Python load" >&2 ;;
+    *) fail "--python-version must be 2.7, 3.5 or 3.7 as AI Platform took it; got '$python_version'" ;;
+  esac
+fi
+if [[ -n "$labels" ]]; then
+  [[ "$labels" =~ ^[a-z][a-z0-9_-]{0,62}=[a-z0-9_-]{0,63}(,[a-z][a-z0-9_-]{0,62}=[a-z0-9_-]{0,63})*$ ]] \
+    || fail "--labels takes KEY=VALUE,... with lowercase letters, digits, '_' and '-', keys starting with a letter; got '$labels'"
+fi
+
 # Memory: on Cloud Functions /tmp is memory, so a model counts twice: its files in the
 # cache, and the loaded model. Suggest twice the model plus 512 MiB for Python and the
 # libraries, rounded up to the next size Cloud Functions offers.
@@ -201,20 +306,39 @@ model_bytes() {
   echo "$total"
 }
 
+# The function runs one worker process a vCPU, each loading its own copy of the model
+# (docs/configuration.md): the vCPUs an instance of MiB memory gets, by --cpu, or Cloud
+# Functions' defaults for its memory (Cloud Run's default is one).
+workers_for() {
+  if [[ -n "$cpu" ]]; then
+    awk -v c="$cpu" 'BEGIN { n = int(c); print (n < 1 ? 1 : n) }'
+  elif [[ "$target" == run || $1 -lt 4096 ]]; then
+    echo 1
+  elif [[ $1 -lt 16384 ]]; then
+    echo 2
+  elif [[ $1 -lt 32768 ]]; then
+    echo 4
+  else
+    echo 8
+  fi
+}
+
 if [[ -n "$origin" ]]; then
   mib=0
   if bytes="$(model_bytes "$origin" "${package_list[@]+"${package_list[@]}"}")"; then
-    needed=$((2 * bytes / 1048576 + 512))
+    model_mib=$((bytes / 1048576))
     suggested=""
     for tier in 512 1024 2048 4096 8192 16384 32768; do
+      workers=$(workers_for $tier)
+      needed=$((model_mib + workers * (model_mib + 512)))
       if [[ $needed -le $tier ]]; then
         suggested=$tier
         break
       fi
     done
-    [[ -n "$suggested" ]] || fail "the model is $((bytes / 1048576)) MiB: twice that does not fit the largest function (32Gi); serve it with --forward-to"
+    [[ -n "$suggested" ]] || fail "the model is $model_mib MiB: its files and a loaded copy for each worker process do not fit the largest function (32Gi); serve it with --forward-to"
     if [[ $suggested -ge 1024 ]]; then label="$((suggested / 1024))Gi"; else label="${suggested}Mi"; fi
-    echo "deploy.sh: the model and packages are $((bytes / 1048576)) MiB; suggested memory $label (counted twice: files in /tmp and loaded, plus 512Mi)" >&2
+    echo "deploy.sh: the model and packages are $model_mib MiB; suggested memory $label (the files in /tmp once, then loaded in each of $workers worker process(es) with 512Mi each)" >&2
     if [[ -z "$memory" ]]; then
       memory="$label"
     else
@@ -247,6 +371,11 @@ add_env CPR_MODEL_NAME "$model_name"
 add_env CPR_VERSION_NAME "$version_name"
 add_env CPR_WARMUP "$warmup"
 add_env THREADS "$concurrency"
+add_env CPR_DESCRIPTION "$description"
+if [[ "$auth" == google ]]; then
+  add_env CPR_AUTH google
+  add_env CPR_ALLOWED_PRINCIPALS "$(IFS=','; echo "${allow_list[*]}")"
+fi
 env_vars+=("${extra_env[@]+"${extra_env[@]}"}")
 joined="$(IFS=';'; echo "${env_vars[*]}")"
 for pair in "${env_vars[@]}"; do
@@ -298,18 +427,56 @@ fi
 [[ -z "$max_instances" ]] || command+=(--max-instances "$max_instances")
 [[ -z "$concurrency" ]] || command+=(--concurrency "$concurrency")
 [[ -z "$service_account" ]] || command+=(--service-account "$service_account")
-if [[ -n "$allow_unauthenticated" ]]; then
+[[ -z "$labels" ]] || command+=(--update-labels "$labels")
+if [[ "$auth" == google ]]; then
+  echo "deploy.sh: --auth google: deploying open at the IAM layer (--allow-unauthenticated); the function itself admits only Google credentials of: ${allow_list[*]}" >&2
+  command+=(--allow-unauthenticated)
+elif [[ -n "$allow_unauthenticated" ]]; then
   command+=(--allow-unauthenticated)
 else
   command+=(--no-allow-unauthenticated)
 fi
 
+# After the deployment: the invoker role for each --invoker, then the function's URL.
+scope=(--region "$region")
+[[ -z "$project" ]] || scope+=(--project "$project")
+after=()
+for principal in "${members[@]+"${members[@]}"}"; do
+  if [[ "$target" == run ]]; then
+    after+=("gcloud run services add-iam-policy-binding $name --member=$principal --role=roles/run.invoker ${scope[*]}")
+  else
+    after+=("gcloud functions add-invoker-policy-binding $name --member=$principal ${scope[*]}")
+  fi
+done
+if [[ "$target" == run ]]; then
+  url_command=(gcloud run services describe "$name" "${scope[@]}" --format "value(status.url)")
+else
+  url_command=(gcloud functions describe "$name" "${scope[@]}" --format "value(url)")
+fi
+
+# A command as a shell would take it back, on one line.
+quoted() {
+  local line
+  printf -v line '%q ' "$@"
+  echo "${line% }"
+}
+
 if [[ -n "$dry_run" ]]; then
   echo "deploy.sh: the source, staged in $stage:" >&2
   (cd "$stage" && find . -type f | sed 's|^\./|  |' | sort) >&2
   echo "deploy.sh: requirements.txt: $(cat "$stage/requirements.txt")" >&2
-  printf '%q ' "${command[@]}"
-  echo
+  quoted "${command[@]}"
+  for step in "${after[@]+"${after[@]}"}"; do
+    echo "$step"
+  done
+  quoted "${url_command[@]}"
   exit 0
 fi
 "${command[@]}"
+for step in "${after[@]+"${after[@]}"}"; do
+  read -r -a words <<<"$step"
+  "${words[@]}"
+done
+url="$("${url_command[@]}")"
+echo "deploy.sh: deployed; its URL (FUNCTION_URL in docs/migrate.md): $url" >&2
+echo "$url"

@@ -34,6 +34,7 @@ SINGLE_MODEL = {
     "timeout": "CPR_FORWARD_TIMEOUT",
     "retries": "CPR_FORWARD_RETRIES",
     "auth": "CPR_FORWARD_AUTH",
+    "description": "CPR_DESCRIPTION",
 }
 
 KNOWN = (

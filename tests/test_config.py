@@ -186,3 +186,14 @@ def test_micro_batching_settings():
     assert described["microbatchWaitMs"] == 0.5
     assert Config.from_env({"CPR_MICROBATCH": "yes"}).microbatch == "true"
     assert Config.from_env({"CPR_MICROBATCH": "off"}).microbatch == "false"
+
+
+def test_the_description_deploy_sh_passes_is_the_versions():
+    from cpr_function.http import resources
+
+    config = Config.from_env(
+        {"CPR_ORIGIN": "gs://b/m", "CPR_FRAMEWORK": "xgboost", "CPR_DESCRIPTION": "iris, 2019"}
+    )
+    model = config.catalog.model()
+    body = resources.version("p", model, model.version(), ("READY", None))
+    assert body["description"] == "iris, 2019"

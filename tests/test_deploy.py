@@ -14,6 +14,9 @@ GCLOUD = """#!/usr/bin/env bash
 # Records each call, one argument per line, calls separated by a blank line.
 printf '%s\\n' "$@" >> "$GCLOUD_LOG"
 echo >> "$GCLOUD_LOG"
+if [[ "$2" == "describe" ]]; then
+  echo "https://$3-test.a.run.app"
+fi
 if [[ "$1 $2" == "storage du" ]]; then
   uri="${@: -1}"
   case "$uri" in
@@ -176,7 +179,9 @@ def test_every_runtime_option_passes_through(deploy):
             "--allow-unauthenticated",
         ]
     ]
-    assert "warning: --memory 1Gi is below the suggested 2Gi" in err
+    # 600 MiB in /tmp, and loaded in each of the 2 worker processes --cpu 2 runs.
+    assert "warning: --memory 1Gi is below the suggested 4Gi" in err
+    assert "in each of 2 worker process(es)" in err
 
 
 def test_forwarding_and_models_files_need_no_size(deploy):
@@ -190,7 +195,7 @@ def test_forwarding_and_models_files_need_no_size(deploy):
         "50",
     )
     assert status == 0, err
-    assert len(deploys(calls)) == len(calls), "no size lookup: every call deploys"
+    assert [c[:2] for c in calls] == [["functions", "deploy"], ["functions", "describe"]]
     assert calls[0][13] == (
         "--set-env-vars=^;^CPR_FORWARD_TO=projects/p/locations/europe-west1/endpoints/123;"
         "CPR_BATCH_SIZE=50"
@@ -452,3 +457,134 @@ def test_a_stage_folder_in_use_is_refused(deploy, tmp_path):
     assert status == 2
     assert f"--stage {stage} is not empty" in err
     assert (stage / "mine.txt").read_text() == "keep me"
+
+
+SA = "caller@my-project.iam.gserviceaccount.com"
+
+
+def test_iam_mode_grants_each_invoker_and_prints_the_url(deploy):
+    status, err, out, calls = deploy(
+        "fn", "--region", "r", "--project", "p", "--origin", "gs://bucket/m", "--framework",
+        "xgboost", "--invoker", "user:ana@example.com", "--invoker", SA,
+    )  # fmt: skip
+    assert status == 0, err
+    assert deploys(calls)[0][-1] == "--no-allow-unauthenticated"
+    assert calls[2:] == [
+        ["functions", "add-invoker-policy-binding", "fn", "--member=user:ana@example.com"]
+        + ["--region", "r", "--project", "p"],
+        ["functions", "add-invoker-policy-binding", "fn", f"--member=serviceAccount:{SA}"]
+        + ["--region", "r", "--project", "p"],
+        [
+            "functions",
+            "describe",
+            "fn",
+            "--region",
+            "r",
+            "--project",
+            "p",
+            "--format",
+            "value(url)",
+        ],
+    ]
+    assert out.strip() == "https://fn-test.a.run.app"
+    status, err, _, calls = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/m", "--framework", "xgboost",
+        "--target", "run", "--invoker", "group:team@example.com",
+    )  # fmt: skip
+    assert status == 0, err
+    assert calls[2:] == [
+        ["run", "services", "add-iam-policy-binding", "fn", "--member=group:team@example.com"]
+        + ["--role=roles/run.invoker", "--region", "r"],
+        ["run", "services", "describe", "fn", "--region", "r", "--format", "value(status.url)"],
+    ]
+
+
+def test_google_mode_sets_the_allow_list_and_deploys_open_saying_so(deploy):
+    status, err, _, calls = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/m", "--framework", "xgboost",
+        "--auth", "google", "--allow", "ana@example.com", "--allow", "domain:example.org",
+        "--allow", SA,
+    )  # fmt: skip
+    assert status == 0, err
+    (call,) = deploys(calls)
+    assert call[-1] == "--allow-unauthenticated"
+    assert call[13].endswith(
+        ";CPR_AUTH=google;CPR_ALLOWED_PRINCIPALS="
+        f"user:ana@example.com,domain:example.org,serviceAccount:{SA}"
+    )
+    assert "deploying open at the IAM layer (--allow-unauthenticated)" in err
+    assert [c[:2] for c in calls[2:]] == [["functions", "describe"]]
+
+
+def test_the_dry_run_shows_every_gcloud_command(deploy):
+    status, err, out, calls = deploy(
+        "fn", "--region", "r", "--origin", "examples/model", "--invoker", SA, "--dry-run",
+    )  # fmt: skip
+    assert status == 0, err
+    assert [c[:2] for c in calls] == []
+    lines = out.splitlines()
+    assert lines[0].startswith("gcloud functions deploy fn ")
+    assert lines[1:] == [
+        f"gcloud functions add-invoker-policy-binding fn --member=serviceAccount:{SA} --region r",
+        "gcloud functions describe fn --region r --format value\\(url\\)",
+    ]
+
+
+def test_version_create_flags_map_to_the_function(deploy):
+    status, err, _, calls = deploy(
+        "fn", "--region", "r", "--origin", "gs://bucket/model", "--framework", "scikit-learn",
+        "--model", "iris", "--version", "v3", "--description", "iris from 2019",
+        "--labels", "team=ml,stage=prod", "--machine-type", "n1-standard-4",
+        "--runtime-version", "1.15", "--python-version", "3.7",
+    )  # fmt: skip
+    assert status == 0, err
+    (call,) = deploys(calls)
+    assert call[13] == (
+        "--set-env-vars=^;^CPR_ORIGIN=gs://bucket/model;CPR_FRAMEWORK=scikit-learn;"
+        "CPR_MODEL_NAME=iris;CPR_VERSION_NAME=v3;CPR_DESCRIPTION=iris from 2019"
+    )
+    assert call[14:] == [
+        *("--memory", "16Gi", "--cpu", "4", "--update-labels", "team=ml,stage=prod"),
+        "--no-allow-unauthenticated",
+    ]
+    assert "--machine-type n1-standard-4 is --cpu 4 --memory 16Gi here" in err
+    assert "--runtime-version 1.15 had TensorFlow 1.15, scikit-learn 0.19 to 0.20" in err
+    assert "--python-version 3.7: the function runs python311" in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--auth", "google"], "--auth google needs --allow PRINCIPAL"),
+        (["--auth", "open"], "--auth must be iam (Cloud Run's IAM layer checks ID tokens)"),
+        (["--allow", "ana@example.com"], "--allow goes with --auth google"),
+        (
+            ["--auth", "google", "--allow", "a@b.co", "--invoker", "a@b.co"],
+            "--invoker goes with --auth iam",
+        ),
+        (
+            ["--invoker", "a@b.co", "--allow-unauthenticated"],
+            "--invoker and --allow-unauthenticated contradict each other",
+        ),
+        (["--invoker", "someone"], "--invoker takes user:EMAIL, serviceAccount:EMAIL"),
+        (
+            ["--auth", "google", "--allow", "group:team@example.com"],
+            "a token does not show group membership",
+        ),
+        (["--machine-type", "n1-highmem-8"], "larger than any function (8 vCPU, 32Gi)"),
+        (["--machine-type", "a2-highgpu-1g"], "--machine-type must be one of AI Platform's"),
+        (["--runtime-version", "3.0"], "--runtime-version must be one of AI Platform's"),
+        (["--python-version", "2.7"], "Python 2 code needs porting to Python 3 first"),
+        (["--labels", "Team=ML"], "--labels takes KEY=VALUE,..."),
+        (["--staging-bucket", "gs://b"], "--staging-bucket is not needed: deploy.sh stages"),
+        (["--config", "v.yaml"], "--config (a version's YAML) is not read"),
+        (["--accelerator", "type=nvidia-tesla-t4"], "Cloud Functions have no GPUs"),
+        (["--explanation-method", "sampled-shapley"], "explanations are not served"),
+        (["--async"], "--async is not taken"),
+    ],
+)
+def test_version_create_and_auth_flags_are_checked(deploy, args, message):
+    status, err, _, calls = deploy("fn", "--region", "r", "--origin", "gs://bucket/m", *args)
+    assert status == 2, err
+    assert message in err
+    assert deploys(calls) == []
