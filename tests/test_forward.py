@@ -323,6 +323,31 @@ def test_the_cli_end_to_end(upstream, tmp_path):
     assert [json.loads(x) for x in output.read_text().splitlines()] == [repr(i) for i in range(250)]
 
 
+def test_the_client_and_cli_report_the_status_the_function_answered(upstream, tmp_path):
+    from cpr_function.errors import CprError
+    from cpr_function.remote import client
+
+    with pytest.raises(CprError) as missing:
+        client.predict([[1]], model="projects/p/models/nope", api_endpoint=upstream.url)
+    assert missing.value.status_code == 404
+    assert "no model named 'nope'" in str(missing.value)
+    with pytest.raises(CprError) as wrong_method:
+        client.model_meta("projects/p/models/nope", api_endpoint=upstream.url)
+    assert wrong_method.value.status_code == 404
+    lines = tmp_path / "instances.jsonl"
+    lines.write_text("[1]\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "cpr_function", "predict", "--json-instances", str(lines)]
+        + ["--model", "projects/p/models/nope", "--api-endpoint", upstream.url, "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith("error (404): ")
+
+
 @pytest.mark.parametrize(
     "content,message",
     [

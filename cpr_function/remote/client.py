@@ -54,9 +54,10 @@ def predict(
         One prediction per instance, in the instances' order.
 
     Raises:
-        cpr_function.errors.CprError: a batch failed for good; its `status_code` says
-            how (400 refused, 502 upstream error, 503 unavailable, 504 timed out), and
-            the message names the instance range. Nothing partial is returned.
+        cpr_function.errors.CprError: a batch failed for good; its `status_code` is the
+            status the model answered (400 refused, 401 or 403 not admitted, 404 no such
+            model, 5xx its own failure), or 503 unreachable, 504 timed out; the message
+            names the instance range. Nothing partial is returned.
     """
     upstream = _upstream(url, model, api_endpoint, auth, batch_size, concurrency, timeout, retries)
     instances = list(instances)
@@ -94,7 +95,7 @@ def _upstream(url, model, api_endpoint, auth, batch_size, concurrency, timeout, 
         batch_size=batch_size, concurrency=concurrency, timeout=timeout, retries=retries
     )
     target = Target(url) if url is not None else Target.named(model, api_endpoint)
-    return Upstream(target, policy, auth=auth)
+    return Upstream(target, policy, auth=auth, relay=True)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import random
 import threading
@@ -18,7 +19,14 @@ from typing import Any
 
 import orjson
 
-from ..errors import BadRequest, CprError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import (
+    BadRequest,
+    CprError,
+    Relayed,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from ..protocol import dumps
 from ..shims import PREDICTION_COUNT, Shims
 
@@ -97,10 +105,21 @@ class Target:
 class Upstream:
     """One deployed model, called with retries; safe to share between threads."""
 
-    def __init__(self, target: Target, policy: Policy, *, auth: str = "auto", session=None):
+    def __init__(
+        self,
+        target: Target,
+        policy: Policy,
+        *,
+        auth: str = "auto",
+        session=None,
+        relay: bool = False,
+    ):
         self.target = target
         self.policy = policy
         self.auth = auth
+        # The client keeps the status the model answered (a 404 is a 404); a forwarding
+        # function answers its own caller, for whom the upstream's failure is a 502.
+        self.relay = relay
         self._session = session
         self._lock = threading.Lock()
         self.calls = 0
@@ -167,7 +186,7 @@ class Upstream:
         if answer.status_code != 200:
             message = f"{url} answered {answer.status_code}: {_message(answer)}"
             retry = answer.status_code in RETRY_STATUSES
-            kind = _error_for(answer.status_code)
+            kind = _error_for(answer.status_code, relay=self.relay)
             return _Failure(kind, message, retry, _retry_after(answer))
         try:
             predictions = orjson.loads(answer.content)["predictions"]
@@ -199,7 +218,7 @@ class Upstream:
         except requests.RequestException as exc:
             raise UpstreamUnavailable(f"{url} failed: {_reason(exc)}") from exc
         if answer.status_code != 200:
-            raise _error_for(answer.status_code)(
+            raise _error_for(answer.status_code, relay=self.relay)(
                 f"{url} answered {answer.status_code}: {_message(answer)}"
             )
         return answer.json()
@@ -316,7 +335,10 @@ def _one(upstream: Upstream, batch: Batch, fields, total: int, progress, stop, e
         predictions = upstream.call(body, count, stop, exact=exact)
     except CprError as exc:
         last = batch.start + count - 1
-        raise type(exc)(f"instances {batch.start}-{last} of {total}: {exc}") from exc
+        message = f"instances {batch.start}-{last} of {total}: {exc}"
+        if isinstance(exc, Relayed):
+            raise Relayed(message, exc.status_code) from exc
+        raise type(exc)(message) from exc
     if progress is not None:
         progress(count)
     return predictions
@@ -328,7 +350,7 @@ class Uneven(UpstreamError):
 
 @dataclasses.dataclass(frozen=True)
 class _Failure:
-    kind: type[CprError]
+    kind: Callable[[str], CprError]
     message: str
     retry: bool
     retry_after: float = 0.0
@@ -338,7 +360,9 @@ class _Failure:
         return self.kind(self.message + tries)
 
 
-def _error_for(status: int) -> type[CprError]:
+def _error_for(status: int, *, relay: bool = False) -> Callable[[str], CprError]:
+    if relay:
+        return functools.partial(Relayed, status_code=status)
     if status in (400, 413):
         return BadRequest  # the instances themselves were refused: the caller's to fix
     if status in (429, 503):
