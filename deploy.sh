@@ -472,10 +472,11 @@ if [[ -n "$dry_run" ]]; then
   quoted "${url_command[@]}"
   exit 0
 fi
-"${command[@]}"
+# gcloud's own output goes to stderr: stdout carries only the URL, for FUNCTION_URL=$(...).
+"${command[@]}" >&2
 for step in "${after[@]+"${after[@]}"}"; do
   read -r -a words <<<"$step"
-  "${words[@]}"
+  "${words[@]}" >&2
 done
 url="$("${url_command[@]}")"
 echo "deploy.sh: deployed; its URL (FUNCTION_URL in docs/migrate.md): $url" >&2
