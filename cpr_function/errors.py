@@ -67,6 +67,12 @@ class LoadError(CprError):
     """The model could not be fetched, unpacked, imported or loaded."""
 
 
+class DiskFull(LoadError):
+    """The cache has no room for the model: it does not fit the instance."""
+
+    status_code = 507
+
+
 class PredictorError(CprError):
     """The predictor raised, or its output cannot be encoded."""
 

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from ..errors import LoadError
+from . import space
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,9 @@ class translated:
         # Retries that ran out wrap the last failure: name that one.
         retried = isinstance(exc, api.RetryError) and exc.cause is not None
         cause = exc.cause if retried else exc
+        if space.is_full(cause):
+            raise cause  # the cache's disk is full, Cloud Storage is not at fault: see storage
+
         if isinstance(cause, auth.TransportError):
             raise StorageUnavailable(
                 f"Google authentication could not be reached for {self._uri}"

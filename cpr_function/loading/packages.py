@@ -13,7 +13,7 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from ..errors import LoadError
-from . import cache
+from . import cache, space
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ def _extract_tar(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
                 members.append(member)
                 total += member.size
                 _check_counts(uri, len(members), total, max_bytes)
+            space.check_room(dest.parent, total, f"package {uri} unpacked")
             dest.mkdir(parents=True)
             for member in members:
                 _check_tar_member(member, dest, uri)
@@ -106,6 +107,8 @@ def _extract_tar(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
     except (tarfile.TarError, EOFError) as exc:
         raise LoadError(f"package {uri} is not a readable .tar.gz archive: {exc}") from exc
     except OSError as exc:
+        if space.is_full(exc):
+            raise space.ran_out(dest.parent, f"package {uri}") from exc
         raise LoadError(f"package {uri} could not be unpacked: {exc.strerror}") from exc
 
 
@@ -145,7 +148,9 @@ def _extract_zip(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-            _check_counts(uri, len(infos), sum(i.file_size for i in infos), max_bytes)
+            total = sum(i.file_size for i in infos)
+            _check_counts(uri, len(infos), total, max_bytes)
+            space.check_room(dest.parent, total, f"package {uri} unpacked")
             for info in infos:
                 _check_zip_member(info, uri)
             dest.mkdir(parents=True)
@@ -161,6 +166,8 @@ def _extract_zip(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
     except (zipfile.BadZipFile, EOFError) as exc:
         raise LoadError(f"package {uri} is not a readable zip archive: {exc}") from exc
     except OSError as exc:
+        if space.is_full(exc):
+            raise space.ran_out(dest.parent, f"package {uri}") from exc
         raise LoadError(f"package {uri} could not be unpacked: {exc.strerror}") from exc
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import LoadError
-from . import cache, ramp
+from . import cache, ramp, space
 from .gcs import Blob, CloudStorage, split_gs
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class Storage:
         """
         if listing.local is not None:
             return Fetched(path=listing.local)
-        stats = self._fetch_blobs(listing.blobs)
+        stats = self._fetch_blobs(listing.blobs, listing.uri)
         if listing.directory:
             stats.path = self._assemble(listing)
         else:
@@ -134,11 +134,13 @@ class Storage:
             log.info("removing what was downloaded for %s from the cache", uris)
             cache.discard(self._root, entries)
 
-    def _fetch_blobs(self, blobs: Iterable[Blob]) -> Fetched:
+    def _fetch_blobs(self, blobs: Iterable[Blob], uri: str) -> Fetched:
         blobs = list(blobs)
         cache.sweep(self._root / "objects")
         # What is cached already is left out here, so the measure of speed sees downloads only.
         missing = [b for b in blobs if not self._object_path(b).exists()]
+        if missing:
+            space.check_room(self._root, sum(b.size for b in missing), uri)
         built = ramp.run(
             missing, self._fetch_blob, size=lambda b: b.size, counted=bool, most=self._parallelism
         )
@@ -150,9 +152,14 @@ class Storage:
         )
 
     def _fetch_blob(self, blob: Blob) -> bool:
-        return cache.materialize(
-            self._object_path(blob), lambda tmp: self._gcs.download(blob, tmp), sweep=False
-        )
+        try:
+            return cache.materialize(
+                self._object_path(blob), lambda tmp: self._gcs.download(blob, tmp), sweep=False
+            )
+        except OSError as exc:
+            if space.is_full(exc):
+                raise space.ran_out(self._root, f"gs://{blob.bucket}/{blob.name}") from exc
+            raise
 
     def _object_path(self, blob: Blob) -> Path:
         key = hashlib.sha256(f"{blob.bucket}/{blob.name}".encode()).hexdigest()[:40]
