@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .errors import NotFound
+from .errors import NotFound, echo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,9 @@ class ModelSpec:
             if version.name == wanted:
                 return version
         known = ", ".join(v.name for v in self.versions)
-        raise NotFound(f"model {self.name!r} has no version {wanted!r}; its versions: {known}")
+        raise NotFound(
+            f"model {self.name!r} has no version {echo(wanted)!r}; its versions: {known}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Catalog:
             if model.name == wanted:
                 return model
         known = ", ".join(m.name for m in self.models)
-        raise NotFound(f"no model named {wanted!r}; the models served here: {known}")
+        raise NotFound(f"no model named {echo(wanted)!r}; the models served here: {known}")
 
     def versions(self) -> list[VersionSpec]:
         return [v for m in self.models for v in m.versions]

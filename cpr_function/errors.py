@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+ECHOED = 200  # characters of anything a client sent that a message or log line repeats
+
+
+def echo(text: str) -> str:
+    """At most `ECHOED` characters of something a client sent (a path, a name), so that an
+    answer or a log line never grows with what the client chose to send."""
+    return text if len(text) <= ECHOED else f"{text[:ECHOED]}... ({len(text)} characters)"
+
 
 class CprError(Exception):
     """Base of every error that becomes an HTTP response.

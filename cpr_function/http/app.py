@@ -12,7 +12,7 @@ from typing import Any
 from .. import logs, models_file, protocol
 from ..catalog import Catalog
 from ..config import Config
-from ..errors import CprError, MethodNotAllowed
+from ..errors import CprError, MethodNotAllowed, echo
 from ..loading.storage import Storage
 from ..serving.registry import Registry
 from . import routes
@@ -64,13 +64,15 @@ class App:
             status, body = self._route(request, note)
         except CprError as exc:
             if exc.status_code >= 500:
-                log.error("%s %s -> %d: %s", request.method, request.path, exc.status_code, exc)
+                log.error(
+                    "%s %s -> %d: %s", request.method, echo(request.path), exc.status_code, exc
+                )
             status = exc.status_code
             message = self._without_local_paths(str(exc))
             body = protocol.error_body(message, status, google=_google(request.path))
             headers = exc.headers
         except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.path)
+            log.exception("unexpected error on %s %s", request.method, echo(request.path))
             status = 500
             message = "internal error; the details are in the function's log"
             body = protocol.error_body(message, status, google=_google(request.path))
@@ -95,11 +97,11 @@ class App:
         request = flask.request
         status = exc.code or 500
         if status == 404:
-            message = f"no route for {request.path!r}; expected POST / or POST /predict"
+            message = f"no route for {echo(request.path)!r}; expected POST / or POST /predict"
         else:
             message = f"{exc.name}: the request was refused before it reached the model"
         if self.config.logs_request(status):
-            log.info("%s %s -> %d refused by the host", request.method, request.path, status)
+            log.info("%s %s -> %d refused by the host", request.method, echo(request.path), status)
         body = protocol.error_body(message, status, google=_google(request.path))
         return flask.Response(body, status=status, mimetype=_JSON)
 
@@ -161,7 +163,7 @@ def load_catalog(config: Config) -> Catalog:
 
 
 def _log_request(request, status: int, seconds: float, note: dict) -> None:
-    method, path = request.method, request.path
+    method, path = echo(request.method), echo(request.path)
     logs.request(
         log,
         f"{method} {path} -> {status} in {seconds * 1000:.1f} ms",
@@ -171,7 +173,7 @@ def _log_request(request, status: int, seconds: float, note: dict) -> None:
                 "requestUrl": path,
                 "status": status,
                 "latency": f"{seconds:.6f}s",
-                "userAgent": request.environ.get("HTTP_USER_AGENT", ""),
+                "userAgent": echo(request.environ.get("HTTP_USER_AGENT", "")),
             },
             "status": status,
             "latencyMs": round(seconds * 1000, 3),
@@ -206,5 +208,7 @@ def _google(path: str) -> bool:
 
 class _NotAllowed(MethodNotAllowed):
     def __init__(self, method: str, path: str, allowed: tuple[str, ...]):
-        super().__init__(f"{method} is not allowed on {path}; use {' or '.join(allowed)}")
+        super().__init__(
+            f"{echo(method)} is not allowed on {echo(path)}; use {' or '.join(allowed)}"
+        )
         self.headers = {"Allow": ", ".join(allowed)}

@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import re
 
-from ..errors import NotFound
+from ..errors import NotFound, echo
 
 _V1 = r"(?:^|/)v1/projects/(?P<project>[^/]+)"
 _MODEL = _V1 + r"/models/(?P<model>[^/:]+)"
@@ -69,7 +69,7 @@ def _search(path: str) -> Route:
             prefix = trimmed[: found.start()]
             return Route(trimmed or "/", actions, prefix=prefix, **found.groupdict())
     raise NotFound(
-        f"no route for {path}; expected POST / or POST /predict, GET / for status, or an "
+        f"no route for {echo(path)}; expected POST / or POST /predict, GET / for status, or an "
         "AI Platform v1 or Vertex AI route such as POST /v1/projects/P/models/M:predict, or "
         "GET /openapi.json"
     )
