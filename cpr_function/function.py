@@ -6,7 +6,8 @@ Importing it reads the configuration (and a models file) and nothing else: no mo
 downloaded or loaded before the first request, so the gunicorn master that imports it
 before forking workers stays light. With CPR_WARMUP, or more than one worker, each
 worker starts loading right after the fork. It also fills in functions-framework's
-`WORKERS` and `THREADS` where unset (see `http.workers`), before the server reads them.
+`WORKERS` and `THREADS` where unset (see `http.workers`), and bounds what a client may
+send before a request reaches the app (see `http.server`), before the server is built.
 """
 
 import os
@@ -15,11 +16,12 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from cpr_function.config import Config
-from cpr_function.http import workers
+from cpr_function.http import server, workers
 from cpr_function.http.app import App
 from cpr_function.logs import configure
 
 workers.fill_defaults(os.environ, workers.usable_cpus())
+server.install()
 _config = Config.from_env(os.environ)
 configure(_config.log_format)
 _app = App(_config)

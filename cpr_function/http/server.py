@@ -1,0 +1,198 @@
+"""Bounds on what a client may send before the app sees a request, in functions-framework's
+gunicorn server, which sets none of its own.
+
+functions-framework starts gunicorn with `limit_request_line=0` (a request line of any
+length) and gunicorn's thread worker reads a request's head on one of the worker's few
+threads, however slowly it arrives: eight clients sending their headers a byte a second
+held every thread of a worker, and a 16 MB URL took 22 s to read. `install`, called by the
+entry point in the gunicorn master before the server is built, makes the server:
+
+- refuse a request line over 8 KiB with 414, and a header over 8 KiB or more than 100
+  headers with 431 (gunicorn's own limits, which functions-framework turned off for the
+  line), answering JSON like every other error, not gunicorn's HTML page;
+- end a connection whose request head has not arrived `HEAD_SECONDS` after its first
+  bytes, with 408, so that a handful of slow or broken clients cannot hold every thread.
+  (A connection that sends nothing waits in gunicorn's poller, on no thread.)
+
+Nothing here runs unless functions-framework's gunicorn application is what serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+HEAD_SECONDS = 5.0
+REQUEST_LINE_BYTES = 8190  # gunicorn's most
+_ECHO = 200  # characters of what a client sent that an error may repeat
+
+
+def install() -> None:
+    """Has functions-framework's gunicorn application use the bounded workers."""
+    try:
+        from functions_framework._http import gunicorn as host
+    except ImportError:
+        return
+    application = host.GunicornApplication
+    if getattr(application, "_cpr_bounded", False):
+        return
+    original = application.load_config
+
+    def load_config(self) -> None:
+        original(self)
+        self.cfg.set("limit_request_line", REQUEST_LINE_BYTES)
+        bounded = _bounded_class(self.cfg.worker_class)
+        if bounded is not None:
+            self.cfg.set("worker_class", f"{__name__}.{bounded}")
+
+    application.load_config = load_config
+    application._cpr_bounded = True
+
+
+def _bounded_class(worker_class: type) -> str | None:
+    """The name of this module's bounded subclass of gunicorn's worker class, if any."""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    try:
+        from functions_framework._http.gunicorn import GThreadWorkerWithTimeoutSupport
+    except ImportError:
+        GThreadWorkerWithTimeoutSupport = None  # noqa: N806
+    if GThreadWorkerWithTimeoutSupport is not None and issubclass(
+        worker_class, GThreadWorkerWithTimeoutSupport
+    ):
+        return "BoundedTimeoutWorker"
+    if issubclass(worker_class, ThreadWorker):
+        return "BoundedThreadWorker"
+    return None
+
+
+class _Bounded:
+    """What the bounded workers add to gunicorn's thread worker (a mixin)."""
+
+    def init_process(self) -> None:
+        self._heads: dict[object, float | None] = {}  # connection -> first bytes seen at
+        self._heads_lock = threading.Lock()
+        threading.Thread(target=self._watch_heads, name="cpr-heads", daemon=True).start()
+        super().init_process()
+
+    def handle(self, conn):
+        with self._heads_lock:
+            self._heads[conn] = None
+        try:
+            return super().handle(conn)
+        finally:
+            with self._heads_lock:
+                self._heads.pop(conn, None)
+
+    def handle_request(self, req, conn):
+        with self._heads_lock:
+            self._heads.pop(conn, None)  # the head arrived whole: the app's limits apply now
+        return super().handle_request(req, conn)
+
+    def _watch_heads(self) -> None:
+        while True:
+            time.sleep(0.25)
+            now, late = time.monotonic(), []
+            with self._heads_lock:
+                for conn, since in list(self._heads.items()):
+                    if since is None:
+                        # Timed from the first bytes: one that sends nothing is on the poller.
+                        if getattr(conn, "data_ready", True) or getattr(conn, "initialized", 0):
+                            self._heads[conn] = now
+                    elif now - since > HEAD_SECONDS:
+                        late.append(conn)
+                        del self._heads[conn]
+            for conn in late:
+                _refuse_slow(conn)
+
+    def handle_error(self, req, client, addr, exc):
+        answer = _json_refusal(exc)
+        if answer is None:
+            return super().handle_error(req, client, addr, exc)
+        status, reason, message = answer
+        log.warning("refused before reading the request: %d %s", status, message)
+        _send(client, status, reason, message)
+        return None
+
+
+def _json_refusal(exc: BaseException) -> tuple[int, str, str] | None:
+    """Status, reason and message for a request gunicorn refused while reading its head."""
+    from gunicorn.http import errors
+
+    if isinstance(exc, errors.LimitRequestLine):
+        return (
+            414,
+            "URI Too Long",
+            f"the request line is longer than {REQUEST_LINE_BYTES} bytes; expected a path "
+            "such as /predict or /v1/projects/P/models/M:predict",
+        )
+    if isinstance(exc, errors.LimitRequestHeaders):
+        return (
+            431,
+            "Request Header Fields Too Large",
+            f"the request's headers are too large ({str(exc)[:_ECHO]}); at most 100 headers "
+            "of 8190 bytes each are accepted",
+        )
+    if isinstance(
+        exc,
+        errors.InvalidRequestLine
+        | errors.InvalidRequestMethod
+        | errors.InvalidHTTPVersion
+        | errors.InvalidHeader
+        | errors.InvalidHeaderName,
+    ):
+        return 400, "Bad Request", f"not an HTTP request: {type(exc).__name__}"
+    return None
+
+
+def _refuse_slow(conn) -> None:
+    """Answers 408 on a connection whose head is late, and ends it (its thread is freed)."""
+    log.warning(
+        "a request's head did not arrive within %gs; the connection is closed", HEAD_SECONDS
+    )
+    message = (
+        f"the request's headers did not arrive within {HEAD_SECONDS:g} s of its first bytes; "
+        "send the request line and headers at once"
+    )
+    _send(conn.sock, 408, "Request Timeout", message)
+    with contextlib.suppress(OSError):
+        conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _send(sock, status: int, reason: str, message: str) -> None:
+    body = orjson.dumps({"error": message})
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):
+        sock.sendall(head.encode("latin-1") + body)
+
+
+def _thread_worker():
+    from gunicorn.workers.gthread import ThreadWorker
+
+    return ThreadWorker
+
+
+class BoundedThreadWorker(_Bounded, _thread_worker()):
+    """gunicorn's thread worker, with the bounds above."""
+
+
+def _timeout_worker():
+    try:
+        from functions_framework._http.gunicorn import GThreadWorkerWithTimeoutSupport
+    except ImportError:
+        return _thread_worker()
+    return GThreadWorkerWithTimeoutSupport
+
+
+class BoundedTimeoutWorker(_Bounded, _timeout_worker()):
+    """functions-framework's thread worker with request timeouts, with the bounds above."""
