@@ -165,3 +165,31 @@ def kit_files(top: str = "kit-0.1") -> dict[str, str]:
         f"{top}/PKG-INFO": "Metadata-Version: 1.0\nName: kit\nVersion: 0.1\n",
         f"{top}/kit.py": KIT,
     }
+
+
+HOG = '''
+import os
+import signal
+
+
+class KilledOnLoad(object):
+    """Is killed with SIGKILL in from_path, as the kernel's OOM killer kills a model too
+    large for its instance."""
+
+    @classmethod
+    def from_path(cls, model_dir):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def predict(self, instances, **kwargs):
+        return instances
+'''
+
+
+def hog_files(top: str = "hog-0.1") -> dict[str, str]:
+    """A package whose predictor is killed while loading, under a module name of its own."""
+    return {
+        f"{top}/setup.py": "from setuptools import setup\nsetup(name='hog', version='0.1', "
+        "scripts=['hog.py'])\n",
+        f"{top}/PKG-INFO": "Metadata-Version: 1.0\nName: hog\nVersion: 0.1\n",
+        f"{top}/hog.py": HOG,
+    }

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import make_tar
-from kit_source import kit_files
+from kit_source import hog_files, kit_files
 
 CLASSES = ("Echo", "Raising", "Short", "NotANumber", "Sleepy", "OpensMissing")
 
@@ -125,3 +125,64 @@ def test_in_process_a_predictor_past_the_deadline_is_a_504_and_serving_goes_on(
         "(CPR_PREDICT_TIMEOUT)"
     }
     assert fn.predict({"instances": [0.1]}).json() == {"predictions": [0.1]}
+
+
+def _workers(master: int) -> set[int]:
+    from pathlib import Path
+
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master and "worker" not in Path(stat.parent / "cmdline").read_text():
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_version_killed_while_loading_is_loaded_apart_and_never_kills_the_worker_again(
+    function, kit, tmp_path
+):
+    import requests
+
+    hog = make_tar(tmp_path / "hog-0.1.tar.gz", hog_files())
+    killed = {"origin": kit[0], "package_uris": [str(hog)], "prediction_class": "hog.KilledOnLoad"}
+    versions = {"echo": _version(kit, "Echo"), "hog": killed}
+    models = {"models": {"kit": {"default_version": "echo", "versions": versions}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    env = {
+        "CPR_MODELS": str(tmp_path / "models.json"),
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        "CPR_ISOLATION": "none",  # both in the worker, as a lone version is by default
+    }
+    fn = function(env, threads=8)
+    assert fn.predict({"instances": [1]}).status_code == 200
+    (first_worker,) = _workers(fn.proc.pid)
+    # Its first load kills the worker, as the OOM killer would; what was in flight is lost.
+    with pytest.raises(requests.ConnectionError):
+        fn.predict({"instances": [1]}, path=_on("hog"))
+    deadline = time.monotonic() + 30
+    while _workers(fn.proc.pid) in (set(), {first_worker}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (worker,) = _workers(fn.proc.pid)
+    assert worker != first_worker
+
+    with ThreadPoolExecutor(8) as pool:
+        hogs = [pool.submit(fn.predict, {"instances": [1]}, path=_on("hog")) for _ in range(3)]
+        echoes = [pool.submit(fn.predict, {"instances": [i]}) for i in range(30)]
+        echoed = [f.result() for f in echoes]
+        refused = [f.result() for f in hogs]
+    assert [a.json()["predictions"][0]["instance"] for a in echoed] == list(range(30))
+    for answer in refused:
+        assert answer.status_code == 500
+        message = answer.json()["error"]["message"]
+        assert message.startswith("model kit version hog: its worker process ended (killed by ")
+        assert "most likely for memory: the kernel's OOM killer sends SIGKILL" in message
+        assert "(its model and packages are " in message and " kB)" in message
+    assert _workers(fn.proc.pid) == {worker}, "the worker was not taken down again"
+    hog = fn.version_status("kit", "hog")
+    assert "most likely for memory" in hog["ownProcessBecause"]
+    assert "most likely for memory" in hog["lastError"]
+    resource = requests.get(f"{fn.url}/v1/projects/p/models/kit/versions/hog", timeout=30).json()
+    assert resource["state"] == "FAILED" and "OOM killer" in resource["errorMessage"]

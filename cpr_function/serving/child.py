@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
+class Ended(Relayed):
+    """The child process ended in the middle of a call."""
+
+    def __init__(self, message: str, status_code: int = 500):
+        super().__init__(message, status_code)
+
+
 class Child:
     """The process a version runs in; `label` ("model m version v") names it in errors."""
 
@@ -63,7 +70,7 @@ class Child:
 
         Raises:
             PredictTimeout: no reply within `deadline` seconds; the process was ended.
-            Relayed: the process ended while `doing` it (a 500 naming how it ended).
+            Ended: the process ended while `doing` it (a 500 naming how it ended).
         """
         try:
             self._conn.send(message)
@@ -78,9 +85,9 @@ class Child:
             return self._conn.recv()
         except (EOFError, OSError) as exc:
             code = self.stop()
-            raise Relayed(
-                f"{self.label}: its worker process ended ({_exit(code)}) while {doing}; the "
-                "next request starts it again",
+            raise Ended(
+                f"{self.label}: its worker process ended ({_exit(code)}) while {doing}"
+                f"{_likely_cause(code)}; the next request starts it again",
                 500,
             ) from exc
 
@@ -96,6 +103,14 @@ class Child:
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait()
+
+
+def _likely_cause(code: int | None) -> str:
+    import signal
+
+    if code == -signal.SIGKILL:
+        return ", most likely for memory: the kernel's OOM killer sends SIGKILL"
+    return ""
 
 
 def _exit(code: int | None) -> str:

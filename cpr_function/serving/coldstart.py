@@ -33,8 +33,10 @@ class ColdStart:
         storage: Storage,
         shims: Shims,
         claim: Callable[[VersionSpec, list[str]], None] | None = None,
+        listed: Callable[[int], None] | None = None,
     ):
         self.spec = spec
+        self._listed = listed  # told the bytes of the model and packages once they are listed
         self._config = config
         self._storage = storage
         self._shims = shims
@@ -63,6 +65,8 @@ class ColdStart:
                 log.warning("%s; listing model %s version %s again", exc, spec.model, spec.name)
                 origin, package_listings, fetched = self._download()
             total = origin.size + sum(p.size for p in package_listings)
+            if self._listed is not None:
+                self._listed(total)
             self.listings = [origin, *package_listings]
             self.fetch_stats = {
                 "objects": sum(f.objects for f in fetched),

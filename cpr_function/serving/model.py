@@ -14,7 +14,7 @@ from ..config import Config
 from ..errors import CprError, PredictorError, PredictTimeout, Relayed
 from ..loading.storage import Storage
 from ..shims import Shims
-from . import batching
+from . import batching, deaths
 from .coldstart import ColdStart
 
 log = logging.getLogger(__name__)
@@ -173,12 +173,19 @@ class LazyModel:
         a file between its download and its `from_path`. Loading again (after an
         unload, in a new worker) downloads them again.
         """
-        self._cold = ColdStart(self.spec, self._config, self._storage, self.shims, self._claim)
-        if not self._config.delete_after_load:
-            return self._cold.run()
-        with self._storage.in_use():
-            loaded = self._cold.run()
-        self._storage.discard(self._cold.listings)
+        spec, cache = self.spec, self._config.cache_dir
+        # Marked while it runs: a process killed here (out of memory) is known to the next.
+        with deaths.loading(cache, spec.key, spec.model, spec.name) as mark:
+            self._cold = ColdStart(
+                spec, self._config, self._storage, self.shims, self._claim, listed=mark.sized
+            )
+            if not self._config.delete_after_load:
+                loaded = self._cold.run()
+            else:
+                with self._storage.in_use():
+                    loaded = self._cold.run()
+                self._storage.discard(self._cold.listings)
+        deaths.forget(cache, spec.key)
         return loaded
 
     def status(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from typing import Any
 from ..catalog import VersionSpec
 from ..config import Config
 from ..errors import CprError, Relayed
-from .child import Child
+from . import deaths
+from .child import Child, Ended
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,12 @@ class ProcessModel:
         try:
             reply = self._child.call(("load", self.spec, self._config), "loading")
         except CprError as exc:
+            death = deaths.killed(self._config.cache_dir, self.spec.key)
+            if isinstance(exc, Ended) and death is not None and death.bytes:
+                sized = f"{exc} (its model and packages are {deaths.shown(death.bytes)})"
+                exc = Relayed(sized, 500)
             self.last_error = str(exc)
-            raise
+            raise exc from None
         self._heard(reply)
         if reply[0] == "error":
             self._child.stop()

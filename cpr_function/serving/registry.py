@@ -10,6 +10,7 @@ from ..catalog import Catalog, VersionSpec
 from ..config import Config
 from ..errors import LoadError
 from ..loading.storage import Storage
+from . import deaths
 from .budget import MemoryBudget
 from .model import LazyModel
 
@@ -35,6 +36,7 @@ class Registry:
             self.isolation = config.isolation
         self._lock = threading.Lock()
         self._claims: dict[str, str] = {}
+        self._isolated: dict[str, str] = {}  # versions moved to a process of their own, and why
         self._handles = {v.key: self._handle(v, storage) for v in catalog.versions()}
         self._budget = MemoryBudget(config.memory_budget, self._handles)
 
@@ -56,7 +58,7 @@ class Registry:
             CprError: the version failed to load, the body does not fit it, or its
                 predictor failed.
         """
-        handle = self._handles[spec.key]
+        handle = self._serving(spec)
         body = handle.respond(payload, vertex=vertex)
         self._budget.used(spec.key)
         return body
@@ -67,7 +69,7 @@ class Registry:
         Raises:
             CprError: the version failed to load.
         """
-        schemas = self._handles[spec.key].schemas()
+        schemas = self._serving(spec).schemas()
         self._budget.used(spec.key)
         return schemas
 
@@ -77,10 +79,34 @@ class Registry:
         Raises:
             CprError: the version failed to load.
         """
-        handle = self._handles[spec.key]
+        handle = self._serving(spec)
         if hasattr(handle, "get"):
             handle.get()
             self._budget.used(spec.key)
+
+    def _serving(self, spec: VersionSpec):
+        """The version's handle; a version whose in-process load was killed (out of memory,
+        most likely) is loaded in a process of its own from then on, so that it cannot take
+        this worker, and the requests to other versions in it, down again."""
+        handle = self._handles[spec.key]
+        if not isinstance(handle, LazyModel) or handle.loaded:
+            return handle
+        death = deaths.killed(self._config.cache_dir, spec.key)
+        if death is None:
+            return handle
+        from .process import ProcessModel
+
+        with self._lock:
+            if self._handles[spec.key] is handle:
+                log.warning(
+                    "model %s version %s: %s; it is loaded in a process of its own from now on",
+                    spec.model,
+                    spec.name,
+                    death.describe(),
+                )
+                self._handles[spec.key] = ProcessModel(spec, self._config)
+                self._isolated[spec.key] = death.describe()
+            return self._handles[spec.key]
 
     def state(self, spec: VersionSpec) -> tuple[str, str | None]:
         """The version's v1 state: READY unless its last load failed."""
@@ -107,7 +133,10 @@ class Registry:
             versions = []
             for spec in model.versions:
                 handle = self._handles[spec.key]
-                versions.append({**_describe(spec, self._config), **handle.status()})
+                described = {**_describe(spec, self._config), **handle.status()}
+                if spec.key in self._isolated:
+                    described["ownProcessBecause"] = self._isolated[spec.key]
+                versions.append(described)
             models.append(
                 {"name": model.name, "defaultVersion": model.default_version, "versions": versions}
             )
