@@ -159,11 +159,16 @@ class CollectorState(Echo):
 
 def kit_files(top: str = "kit-0.1") -> dict[str, str]:
     """A 2019-style sdist: setup(scripts=['kit.py'])."""
+    return _sdist("kit", KIT, top)
+
+
+def _sdist(name: str, source: str, top: str) -> dict[str, str]:
+    """A 2019-style sdist of one module: setup(scripts=['NAME.py'])."""
     return {
-        f"{top}/setup.py": "from setuptools import setup\nsetup(name='kit', version='0.1', "
-        "scripts=['kit.py'])\n",
-        f"{top}/PKG-INFO": "Metadata-Version: 1.0\nName: kit\nVersion: 0.1\n",
-        f"{top}/kit.py": KIT,
+        f"{top}/setup.py": f"from setuptools import setup\nsetup(name={name!r}, version='0.1', "
+        f"scripts=['{name}.py'])\n",
+        f"{top}/PKG-INFO": f"Metadata-Version: 1.0\nName: {name}\nVersion: 0.1\n",
+        f"{top}/{name}.py": source,
     }
 
 
@@ -187,9 +192,4 @@ class KilledOnLoad(object):
 
 def hog_files(top: str = "hog-0.1") -> dict[str, str]:
     """A package whose predictor is killed while loading, under a module name of its own."""
-    return {
-        f"{top}/setup.py": "from setuptools import setup\nsetup(name='hog', version='0.1', "
-        "scripts=['hog.py'])\n",
-        f"{top}/PKG-INFO": "Metadata-Version: 1.0\nName: hog\nVersion: 0.1\n",
-        f"{top}/hog.py": HOG,
-    }
+    return _sdist("hog", HOG, top)
