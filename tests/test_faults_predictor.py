@@ -186,3 +186,29 @@ def test_a_version_killed_while_loading_is_loaded_apart_and_never_kills_the_work
     assert "most likely for memory" in hog["lastError"]
     resource = requests.get(f"{fn.url}/v1/projects/p/models/kit/versions/hog", timeout=30).json()
     assert resource["state"] == "FAILED" and "OOM killer" in resource["errorMessage"]
+
+
+def test_at_sigterm_requests_to_a_version_apart_all_finish_within_the_grace(
+    function, kit, tmp_path
+):
+    import signal
+
+    versions = {"echo": _version(kit, "Echo"), "sleepy": _version(kit, "Sleepy")}
+    models = {"models": {"kit": {"default_version": "echo", "versions": versions}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    env = {"CPR_MODELS": str(tmp_path / "models.json"), "CPR_CACHE_DIR": str(tmp_path / "cache")}
+    fn = function(env, threads=8)
+    assert fn.status()["isolation"] == "process"
+    assert fn.predict({"instances": [0]}, path=_on("sleepy")).status_code == 200
+    with ThreadPoolExecutor(8) as pool:
+        # Eight requests of 2 s each: one after the other they would take 16 s, past the
+        # 10 s Cloud Run gives an instance between SIGTERM and SIGKILL.
+        calls = [pool.submit(fn.predict, {"instances": [2]}, path=_on("sleepy")) for _ in range(8)]
+        time.sleep(0.5)
+        fn.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        answers = [c.result() for c in calls]
+        fn.proc.wait(30)
+        took = time.monotonic() - started
+    assert [a.status_code for a in answers] == [200] * 8
+    assert took < 10, f"the function took {took:.1f} s to stop"

@@ -26,14 +26,17 @@ log = logging.getLogger(__name__)
 class ProcessModel:
     """Runs one version in a child process, started on first use and restarted after a crash.
 
-    One request at a time crosses the channel, so concurrent requests for the
-    same version queue here; versions in different children run in parallel.
+    Concurrent requests for the version are answered concurrently by the child, as
+    they are in-process (so that none waits in line behind another, at a shutdown
+    too); a predictor that merges requests gets them merged here first.
     """
 
     def __init__(self, spec: VersionSpec, config: Config):
         self.spec = spec
         self._config = config
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # told when a call ends
+        self._calls = 0  # calls under way in the child
         self._child = Child(f"model {spec.model} version {spec.name}")
         self.phases: dict[str, float] = {}
         self.fetch_stats: dict[str, int] = {}
@@ -107,15 +110,23 @@ class ProcessModel:
     def _ask(self, message: tuple, doing: str, deadline: float | None = None) -> Any:
         with self._lock:
             self._ensure_loaded()
+            self._calls += 1
+        try:
             reply = self._child.call(message, doing, deadline)
-            self._heard(reply)
-            if reply[0] == "error":
-                raise Relayed(reply[1], reply[2])
-            return reply[1]
+        finally:
+            with self._lock:
+                self._calls -= 1
+                self._idle.notify_all()
+        self._heard(reply)
+        if reply[0] == "error":
+            raise Relayed(reply[1], reply[2])
+        return reply[1]
 
     def unload(self) -> None:
-        """Ends the child; the next request starts a new one."""
+        """Ends the child once the calls under way are answered; the next request starts a
+        new one."""
         with self._lock:
+            self._idle.wait_for(lambda: self._calls == 0)
             self._child.stop()
 
     def _heard(self, reply: tuple) -> None:

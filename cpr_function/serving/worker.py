@@ -1,19 +1,23 @@
 """The child process of a version served apart: load it, then answer the parent's messages.
 
 Run as `python -m cpr_function.serving.worker FD` by `child`, with FD one end of a
-socket pair. The first message names the version and the settings; the reply is
-`("loaded", phases, fetch counts, merges, ...)` or `("error", message, status, ...)`;
-then each `("respond", body, vertex)`, `("predict", groups, kwargs)` or `("schemas",)` is
-answered `("ok", result, ...)` or `("error", ...)`. Every reply ends with the version's
-shims when they changed, and the peak resident memory.
+socket pair. Every message starts with a call id, which its reply starts with too. The
+first names the version and the settings; the reply is `("loaded", phases, fetch counts,
+merges, ...)` or `("error", message, status, ...)`; then each `("respond", body, vertex)`,
+`("predict", groups, kwargs)` or `("schemas",)` is answered `("ok", result, ...)` or
+`("error", ...)`, several at once, each on a thread of its own. Every reply ends with the
+version's shims when they changed, and the peak resident memory.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
+import os
 import resource
 import sys
+import threading
 from typing import Any
 
 from ..errors import CprError
@@ -34,7 +38,7 @@ def serve(conn) -> int:
     from .batching import Batched
     from .model import LazyModel
 
-    _, spec, config = conn.recv()
+    load_id, _, spec, config = conn.recv()
     # The parent keeps the deadline: it ends this process when a prediction runs past it.
     config = dataclasses.replace(config, predict_timeout=None)
     configure(config.log_format)
@@ -43,16 +47,14 @@ def serve(conn) -> int:
     try:
         model.get()
     except Exception as exc:
-        conn.send((*_error(exc), *shown.tail()))
+        conn.send((load_id, *_error(exc), *shown.tail()))
         return 1
     loaded = model.get()
     batchable = isinstance(loaded, Batched)
-    conn.send(("loaded", model.phases, model.fetch_stats, batchable, *shown.tail()))
-    while True:
-        try:
-            kind, *args = conn.recv()
-        except (EOFError, OSError):
-            return 0  # the parent went away
+    conn.send((load_id, "loaded", model.phases, model.fetch_stats, batchable, *shown.tail()))
+    sending = threading.Lock()
+
+    def answer(call_id: int, kind: str, args: list) -> None:
         try:
             if kind == "schemas":
                 result = model.schemas()
@@ -64,7 +66,19 @@ def serve(conn) -> int:
             reply = ("ok", result)
         except Exception as exc:
             reply = _error(exc)
-        conn.send((*reply, *shown.tail()))
+        with sending:
+            conn.send((call_id, *reply, *shown.tail()))
+
+    # As many calls at once as the parent's worker has threads: as in-process, the
+    # predictor is called from several threads at once.
+    threads = int(os.environ.get("THREADS", "") or 0) or 8
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="cpr-call") as pool:
+        while True:
+            try:
+                call_id, kind, *args = conn.recv()
+            except (EOFError, OSError):
+                return 0  # the parent went away
+            pool.submit(answer, call_id, kind, args)
 
 
 class _Shown:
@@ -74,11 +88,13 @@ class _Shown:
     def __init__(self, model):
         self._model = model
         self._sent = 0
+        self._lock = threading.Lock()
 
     def tail(self) -> tuple[list | None, int]:
-        listed = self._model.shims.listed()
-        changed = len(listed) != self._sent
-        self._sent = len(listed)
+        with self._lock:
+            listed = self._model.shims.listed()
+            changed = len(listed) != self._sent
+            self._sent = len(listed)
         return (listed if changed else None), _peak_rss()
 
 
