@@ -45,7 +45,8 @@ How it runs:
   --memory SIZE             e.g. 2Gi; suggested from the model's size when unset
   --cpu N, --timeout SECONDS, --min-instances N, --max-instances N
   --concurrency N           requests per instance at once (also sets THREADS=N)
-  --service-account EMAIL
+  --service-account EMAIL   the identity it runs as; granted read access to each gs://
+                            bucket the settings name
   --auth iam|google         who checks callers (docs/authentication.md): iam (default),
                             Cloud Run's IAM layer, callers sending ID tokens; google, the
                             function itself, admitting the access tokens Google's clients send
@@ -437,10 +438,23 @@ else
   command+=(--no-allow-unauthenticated)
 fi
 
-# After the deployment: the invoker role for each --invoker, then the function's URL.
+# Before the deployment: the --service-account may read each bucket the settings name.
+# After it: the invoker role for each --invoker, then the function's URL.
 scope=(--region "$region")
 [[ -z "$project" ]] || scope+=(--project "$project")
-after=()
+before=() after=()
+if [[ -n "$service_account" ]]; then
+  buckets=()
+  for uri in "$origin" "$models" "${package_list[@]+"${package_list[@]}"}"; do
+    [[ "$uri" == gs://* ]] || continue
+    bucket="${uri#gs://}"
+    bucket="gs://${bucket%%/*}"
+    [[ " ${buckets[*]+"${buckets[*]}"} " == *" $bucket "* ]] || buckets+=("$bucket")
+  done
+  for bucket in "${buckets[@]+"${buckets[@]}"}"; do
+    before+=("gcloud storage buckets add-iam-policy-binding $bucket --member=serviceAccount:$service_account --role=roles/storage.objectViewer${project:+ --project $project}")
+  done
+fi
 for principal in "${members[@]+"${members[@]}"}"; do
   if [[ "$target" == run ]]; then
     after+=("gcloud run services add-iam-policy-binding $name --member=$principal --role=roles/run.invoker ${scope[*]}")
@@ -465,6 +479,9 @@ if [[ -n "$dry_run" ]]; then
   echo "deploy.sh: the source, staged in $stage:" >&2
   (cd "$stage" && find . -type f | sed 's|^\./|  |' | sort) >&2
   echo "deploy.sh: requirements.txt: $(cat "$stage/requirements.txt")" >&2
+  for step in "${before[@]+"${before[@]}"}"; do
+    echo "$step"
+  done
   quoted "${command[@]}"
   for step in "${after[@]+"${after[@]}"}"; do
     echo "$step"
@@ -473,6 +490,10 @@ if [[ -n "$dry_run" ]]; then
   exit 0
 fi
 # gcloud's own output goes to stderr: stdout carries only the URL, for FUNCTION_URL=$(...).
+for step in "${before[@]+"${before[@]}"}"; do
+  read -r -a words <<<"$step"
+  "${words[@]}" >&2
+done
 "${command[@]}" >&2
 for step in "${after[@]+"${after[@]}"}"; do
   read -r -a words <<<"$step"

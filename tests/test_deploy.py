@@ -588,3 +588,28 @@ def test_version_create_and_auth_flags_are_checked(deploy, args, message):
     assert status == 2, err
     assert message in err
     assert deploys(calls) == []
+
+
+def test_the_service_account_is_granted_read_access_to_each_bucket(deploy):
+    account = "serving@my-project.iam.gserviceaccount.com"
+    status, err, out, calls = deploy(
+        "fn", "--region", "r", "--project", "p", "--origin", "gs://bucket/model",
+        "--package-uris", "gs://bucket/a-0.1.tar.gz,gs://other/b-0.1.tar.gz",
+        "--prediction-class", "p.P", "--service-account", account,
+    )  # fmt: skip
+    assert status == 0, err
+    grants = [c for c in calls if c[:3] == ["storage", "buckets", "add-iam-policy-binding"]]
+    assert grants == [
+        ["storage", "buckets", "add-iam-policy-binding", f"gs://{bucket}"]
+        + [f"--member=serviceAccount:{account}", "--role=roles/storage.objectViewer"]
+        + ["--project", "p"]
+        for bucket in ("bucket", "other")
+    ]
+    order = [c[:2] for c in calls if c[0] != "storage" or c[1] == "buckets"]
+    assert order.index(["functions", "deploy"]) > order.index(["storage", "buckets"])
+    status, err, out, _ = deploy(
+        "fn", "--region", "r", "--origin", "examples/model", "--service-account", account,
+        "--dry-run",
+    )  # fmt: skip
+    assert status == 0, err
+    assert not out.startswith("gcloud storage"), "a local model directory needs no grant"

@@ -37,10 +37,12 @@ def test_each_deploy_command_of_the_guide_is_taken(deploy, args):  # noqa: F811
     status, err, out, _ = deploy(*args, "--dry-run")
     assert status == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("gcloud functions deploy iris-fn ")
+    (deployed,) = [line for line in lines if line.startswith("gcloud functions deploy iris-fn ")]
     assert lines[-1].startswith("gcloud functions describe iris-fn ")
     if "--model" in args:
-        assert "CPR_MODEL_NAME=iris" in lines[0] and "CPR_VERSION_NAME=v1" in lines[0]
+        assert "CPR_MODEL_NAME=iris" in deployed and "CPR_VERSION_NAME=v1" in deployed
+    if "--service-account" in args:
+        assert lines[0].startswith("gcloud storage buckets add-iam-policy-binding gs://your-bucket")
 
 
 def test_the_guides_old_command_carries_over_flag_for_flag(deploy):  # noqa: F811
