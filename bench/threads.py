@@ -3,12 +3,15 @@
 Usage: python bench/threads.py [--seconds 3] [--rounds 3] [--connections 1,8,32]
                                [--model example|forest] [--instances 1]
                                [--shapes 1x8,1x2,2x4] [--generator wrk|python]
+                               [--microbatch true|false|all]
 
 Each shape WxT is a function with WORKERS=W gunicorn processes of THREADS=T threads, the
 host settings functions-framework reads; `1x8` is the harness's usual one. `example` is a
 LogisticRegression on iris, `forest` a 100-tree random forest, both served with no custom
-code. Rounds alternate between the shapes; the table gives each shape's throughput over
-the first shape's, and p50/p99, per connection count.
+code, with `--microbatch` as CPR_MICROBATCH (unset: the function's default). Shapes of more
+than one worker warm each worker before the first request (CPR_WARMUP's default). Rounds
+alternate between the shapes; the table gives each shape's throughput over the first
+shape's, and p50/p99, per connection count.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--shapes", default="1x8,1x2,2x4")
     parser.add_argument("--generator", choices=sorted(GENERATORS), default="wrk")
-    parser.add_argument("--microbatch", action="store_true", help="CPR_MICROBATCH=true")
+    parser.add_argument(
+        "--microbatch", choices=("true", "false", "all"), help="CPR_MICROBATCH (default: unset)"
+    )
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -61,7 +66,7 @@ def main() -> None:
         env = {"CPR_ORIGIN": str(model_dir(args.model, root)), "CPR_FRAMEWORK": "scikit-learn"}
         env["CPR_CACHE_DIR"] = str(root / "cache")
         if args.microbatch:
-            env["CPR_MICROBATCH"] = "true"
+            env["CPR_MICROBATCH"] = args.microbatch
         functions = {}
         try:
             for workers, threads in shapes:
@@ -86,7 +91,8 @@ def main() -> None:
                 fn.stop()
     first = shapes[0]
     print(
-        f"{args.model}, {args.instances} instance(s) a request, {args.rounds} round(s) of "
+        f"{args.model}, {args.instances} instance(s) a request, CPR_MICROBATCH="
+        f"{args.microbatch or 'unset'}, {args.rounds} round(s) of "
         f"{args.seconds:g} s, load from {args.generator}; throughput over {first[0]}x{first[1]}"
     )
     print(f"{'conns':>5} " + " ".join(f"{f'{w}x{t}':>26}" for w, t in shapes))
