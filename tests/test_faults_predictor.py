@@ -167,6 +167,9 @@ def test_a_version_killed_while_loading_is_loaded_apart_and_never_kills_the_work
         time.sleep(0.1)
     (worker,) = _workers(fn.proc.pid)
     assert worker != first_worker
+    # Known as soon as the new worker is asked, before any request to it.
+    noticed = fn.version_status("kit", "hog")
+    assert noticed["loaded"] is False and "most likely for memory" in noticed["lastError"]
 
     with ThreadPoolExecutor(8) as pool:
         hogs = [pool.submit(fn.predict, {"instances": [1]}, path=_on("hog")) for _ in range(3)]

@@ -104,13 +104,19 @@ class Registry:
                     spec.name,
                     death.describe(),
                 )
-                self._handles[spec.key] = ProcessModel(spec, self._config)
+                moved = ProcessModel(spec, self._config)
+                # FAILED, and why, until it loads in its process.
+                moved.last_error = (
+                    f"model {spec.model} version {spec.name}: {death.describe()}; it is loaded "
+                    "in a process of its own from the next request on"
+                )
+                self._handles[spec.key] = moved
                 self._isolated[spec.key] = death.describe()
             return self._handles[spec.key]
 
     def state(self, spec: VersionSpec) -> tuple[str, str | None]:
-        """The version's v1 state: READY unless its last load failed."""
-        error = getattr(self._handles[spec.key], "last_error", None)
+        """The version's v1 state: READY unless its last load failed (or was killed)."""
+        error = getattr(self._serving(spec), "last_error", None)
         return ("FAILED", error) if error else ("READY", None)
 
     def _claim(self, spec: VersionSpec, modules: list[str]) -> None:
@@ -132,7 +138,7 @@ class Registry:
         for model in self.catalog.models:
             versions = []
             for spec in model.versions:
-                handle = self._handles[spec.key]
+                handle = self._serving(spec)
                 described = {**_describe(spec, self._config), **handle.status()}
                 if spec.key in self._isolated:
                     described["ownProcessBecause"] = self._isolated[spec.key]
