@@ -55,6 +55,7 @@ How it runs:
   --allow PRINCIPAL         google: admit user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN
                             (repeatable); deploys open at the IAM layer
   --allow-unauthenticated   let anyone call it (by default callers must authenticate)
+  --rollback-to REVISION    deploy nothing: send all traffic back to an earlier revision
   --dry-run                 stage the source, print its files and the gcloud command, deploy nothing
   --stage DIR               stage the source in DIR (empty or new) and keep it
   --wheel PATH              the package's wheel, built already (else built from this checkout)
@@ -74,7 +75,7 @@ batch_size="" models="" model_name="" version_name="" warmup=""
 memory="" cpu="" timeout="" min_instances="" max_instances="" concurrency=""
 service_account="" allow_unauthenticated="" dry_run="" target="functions"
 stage="" wheel="" extras="" auth="iam" description="" labels=""
-runtime_version="" python_version="" machine_type=""
+runtime_version="" python_version="" machine_type="" rollback_to=""
 extra_env=() invokers=() allowed=()
 
 value() {
@@ -105,6 +106,7 @@ while [[ $# -gt 0 ]]; do
     --python-version) python_version="$(value "$@")"; shift ;;
     --machine-type) machine_type="$(value "$@")"; shift ;;
     --auth) auth="$(value "$@")"; shift ;;
+    --rollback-to) rollback_to="$(value "$@")"; shift ;;
     --invoker) invokers+=("$(value "$@")"); shift ;;
     --allow) allowed+=("$(value "$@")"); shift ;;
     --staging-bucket) fail "--staging-bucket is not needed: deploy.sh stages and uploads the source itself; give --package-uris as gs:// URIs or files inside this directory" ;;
@@ -146,6 +148,21 @@ done
   || fail "--target must be functions (Cloud Functions) or run (a Cloud Run function); got '$target'"
 [[ -z "$wheel" || ( "$wheel" == *.whl && -f "$wheel" ) ]] \
   || fail "--wheel must be a built .whl file; got '$wheel'"
+# Rolling back deploys nothing: all traffic goes to an earlier revision of the function's
+# Cloud Run service (a 2nd gen function is one, under the same name).
+if [[ -n "$rollback_to" ]]; then
+  [[ "$rollback_to" =~ ^[a-z][a-z0-9-]*$ ]] \
+    || fail "--rollback-to takes a revision name, as gcloud run revisions list --service $name shows them; got '$rollback_to'"
+  rollback=(gcloud run services update-traffic "$name" --region "$region" --to-revisions "$rollback_to=100")
+  [[ -z "$project" ]] || rollback+=(--project "$project")
+  if [[ -n "$dry_run" ]]; then
+    printf -v line '%q ' "${rollback[@]}"
+    echo "${line% }"
+  else
+    "${rollback[@]}" >&2
+  fi
+  exit 0
+fi
 if [[ -z "$origin" && -n "$packages$prediction_class$framework" ]]; then
   fail "--package-uris, --prediction-class and --framework go with --origin"
 fi

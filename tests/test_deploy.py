@@ -613,3 +613,16 @@ def test_the_service_account_is_granted_read_access_to_each_bucket(deploy):
     )  # fmt: skip
     assert status == 0, err
     assert not out.startswith("gcloud storage"), "a local model directory needs no grant"
+
+
+def test_a_rollback_sends_all_traffic_to_an_earlier_revision_and_deploys_nothing(deploy):
+    status, err, _, calls = deploy(
+        "fn", "--region", "r", "--project", "p", "--rollback-to", "fn-00003-abc"
+    )
+    assert status == 0, err
+    assert calls == [
+        ["run", "services", "update-traffic", "fn", "--region", "r"]
+        + ["--to-revisions", "fn-00003-abc=100", "--project", "p"]
+    ]
+    status, err, _, calls = deploy("fn", "--region", "r", "--rollback-to", "Bad Name")
+    assert status == 2 and "--rollback-to takes a revision name" in err and calls == []

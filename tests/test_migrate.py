@@ -27,7 +27,7 @@ def _deploy_commands(document=GUIDE) -> list[list[str]]:
 
 
 def test_the_guide_has_its_deploy_commands():
-    assert len(_deploy_commands()) == 4
+    assert len(_deploy_commands()) == 5
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,12 @@ def test_each_deploy_command_of_the_guide_is_taken(deploy, args):  # noqa: F811
     status, err, out, _ = deploy(*args, "--dry-run")
     assert status == 0, err
     lines = out.splitlines()
+    if "--rollback-to" in args:
+        assert lines == [
+            "gcloud run services update-traffic iris-fn --region us-central1 "
+            "--to-revisions iris-fn-00002-xuz=100"
+        ]
+        return
     (deployed,) = [line for line in lines if line.startswith("gcloud functions deploy iris-fn ")]
     assert lines[-1].startswith("gcloud functions describe iris-fn ")
     if "--model" in args:
