@@ -78,7 +78,7 @@ models:
         "yaml_true": ("true", 32, 0.0),
         "unset": ("true", 32, 0.003),
     }
-    assert tuple(Config().microbatch_for(model.version("unset"))) == ("false", 64, 0.002)
+    assert tuple(Config().microbatch_for(model.version("unset"))) == ("true", 1024, 0.002)
 
 
 def test_unknown_names_are_404_with_what_exists():
