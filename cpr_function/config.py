@@ -113,6 +113,7 @@ class Config:
     auth_audiences: tuple[str, ...] = ()
     auth_tokeninfo_url: str = TOKENINFO_URL
     auth_certs_url: str = CERTS_URL
+    service_name: str = ""  # K_SERVICE: the function's name, set by Cloud Run
     is_example: bool = False
 
     @classmethod
@@ -184,6 +185,7 @@ class Config:
             ),
             **_microbatch(get, cls),
             **_auth(get),
+            service_name=env.get("K_SERVICE", ""),
         )
         model = version_fields.check_name(get("CPR_MODEL_NAME") or "default", "CPR_MODEL_NAME")
         version = version_fields.check_name(get("CPR_VERSION_NAME") or "v1", "CPR_VERSION_NAME")

@@ -137,7 +137,8 @@ class GoogleStandIn:
     def access_token(self, email: str | None, *, seconds: int = 3600, **claims) -> str:
         """A new opaque access token for `email`, valid `seconds`."""
         token = f"ya29.stand-in-{len(self.access)}-{time.time_ns()}"
-        values = {"azp": "client", "aud": "client", "scope": "openid email", **claims}
+        scope = "https://www.googleapis.com/auth/cloud-platform openid email"
+        values = {"azp": "client", "aud": "client", "scope": scope, **claims}
         if email is not None:
             values.setdefault("email", email)
             values.setdefault("email_verified", "true")

@@ -34,6 +34,7 @@ def _env(google: GoogleStandIn, tmp) -> dict[str, str]:
         "CPR_ALLOWED_PRINCIPALS": f"user:{ALICE}, serviceAccount:{ROBOT}, domain:example.org",
         "CPR_AUTH_TOKENINFO_URL": f"{google.url}/tokeninfo",
         "CPR_AUTH_CERTS_URL": f"{google.url}/certs",
+        "K_SERVICE": "iris-fn",  # what Cloud Run sets: the function's name
     }
 
 
@@ -75,6 +76,9 @@ def test_a_malformed_authorization_header_is_a_401(guarded, header):
 def test_the_health_check_needs_no_credential(guarded):
     answer = requests.get(guarded.url + "/health", timeout=30)
     assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+    # Only that route: a model or version named health is not open.
+    for path in ("/v1/projects/p/models/health", "/v1/projects/p/models/default/versions/health"):
+        assert requests.get(guarded.url + path, timeout=30).status_code == 401
 
 
 def test_an_allowed_access_token_is_admitted_and_its_email_logged(google, guarded):
@@ -98,6 +102,34 @@ def test_a_verified_caller_not_on_the_list_is_a_403(google, guarded):
     assert on_v1.json()["error"]["status"] == "PERMISSION_DENIED"
     # A look-alike domain is not the domain.
     assert _post(guarded, google.access_token("eve@notexample.org")).status_code == 403
+
+
+def test_an_access_token_without_the_cloud_platform_scope_is_a_401(google, guarded):
+    # What a site that signs its users in with Google holds: it must not open the function.
+    token = google.access_token(ALICE, scope="openid email")
+    answer = _post(guarded, token)
+    assert answer.status_code == 401
+    assert "lacks the https://www.googleapis.com/auth/cloud-platform scope" in answer.text
+
+
+def test_an_id_token_on_the_shared_functions_host_must_name_this_function(google, guarded):
+    host = "us-central1-my-project.cloudfunctions.net"
+    ours = google.id_token(ALICE, f"http://{host}/iris-fn")
+    sibling = google.id_token(ALICE, f"http://{host}/other-fn")
+    headers = {"Host": host}
+    elsewhere = _post(guarded, path="/iris-fn/predict", header=f"Bearer {ours}")
+    assert elsewhere.status_code == 401, "not sent to that host"
+    for token, path, status in (
+        (ours, "/iris-fn/predict", 200),
+        (sibling, "/other-fn/predict", 401),
+    ):
+        answer = requests.post(
+            guarded.url + path,
+            json={"instances": IRIS},
+            headers={**headers, "Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert answer.status_code == status, answer.text
 
 
 @pytest.mark.parametrize(

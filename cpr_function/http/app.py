@@ -107,16 +107,10 @@ class App:
 
     def _route(self, request, note: dict) -> tuple[int, bytes]:
         route = routes.match(request.path)
-        if self._gate is not None:
-            caller = self._gate.admit(
-                request.method,
-                route.path,
-                request.environ.get("HTTP_AUTHORIZATION"),
-                _urls(request, route.prefix),
-            )
-            if caller:
-                note["caller"] = caller
         action = route.actions.get(request.method)
+        if self._gate is not None and action != "health":
+            urls = _urls(request, self.config.service_name)
+            note["caller"] = self._gate.admit(request.environ.get("HTTP_AUTHORIZATION"), urls)
         if action is None:
             raise _NotAllowed(request.method, route.path, tuple(route.actions))
         return 200, protocol.encode(self._actions[action](request, route, note))
@@ -193,12 +187,16 @@ def _gate(config: Config):
     return Gate(config.allowed_principals, verifier, config.auth_audiences)
 
 
-def _urls(request, prefix: str) -> tuple[str, ...]:
-    """Where the request was sent: `https://HOST` (the scheme Cloud Run's front end saw), and
-    with the path's prefix before the route (a Cloud Functions URL's `/NAME`)."""
+def _urls(request, service: str) -> tuple[str, ...]:
+    """The URLs this function is called at, as an ID token for it names them: its own host
+    (a Cloud Run URL is the service's alone), or on the host every function of a project
+    and region shares (`REGION-PROJECT.cloudfunctions.net`), that host with the function's
+    name (`K_SERVICE`). Never a path the client chose."""
     scheme = request.environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip()
     origin = f"{scheme or request.scheme}://{request.host}"
-    return (origin, origin + prefix) if prefix else (origin,)
+    if request.host.split(":")[0].endswith(".cloudfunctions.net"):
+        return (f"{origin}/{service}",) if service else ()
+    return (origin,)
 
 
 def _google(path: str) -> bool:

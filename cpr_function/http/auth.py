@@ -4,7 +4,7 @@ Under `CPR_AUTH=iam` (the default) Cloud Run's IAM layer admits only callers hol
 invoker role, and the function trusts it. Under `google` the function is open at that
 layer and admits a request only with `Authorization: Bearer TOKEN`, a Google access or
 ID token (`tokens`), whose verified email is on `CPR_ALLOWED_PRINCIPALS`. A health check
-(`GET /health`) needs no credential.
+(`GET /health`, the route; the app decides) needs no credential.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from collections.abc import Sequence
 
 from ..errors import PermissionDenied, Unauthenticated
 from .tokens import Verifier
-
-OPEN_PATHS = ("/health",)
 
 
 class Gate:
@@ -26,25 +24,19 @@ class Gate:
         self.verifier = verifier
         self.audiences = tuple(audiences)
 
-    def admit(
-        self, method: str, path: str, authorization: str | None, urls: Sequence[str]
-    ) -> str | None:
-        """The caller's email, or None for a path that needs no credential.
+    def admit(self, authorization: str | None, urls: Sequence[str]) -> str:
+        """The caller's email.
 
         Args:
-            method, path: the request's.
-            authorization: its `Authorization` header.
-            urls: the URLs the request was sent to (`https://HOST`, and with a Cloud
-                Functions URL's `/NAME` prefix that too): the audiences an ID token may
-                name when `CPR_AUTH_AUDIENCES` is unset.
+            authorization: the request's `Authorization` header.
+            urls: the URLs the function is called at (see `App`): the audiences an ID
+                token may name when `CPR_AUTH_AUDIENCES` is unset.
 
         Raises:
             Unauthenticated: no credential, or one that does not verify (401).
             PermissionDenied: a verified principal not on the allow list (403).
             AuthUnavailable: Google's endpoint could not answer (503).
         """
-        if method == "GET" and path.rstrip("/").endswith(OPEN_PATHS):
-            return None
         if not authorization:
             raise Unauthenticated(
                 "this function requires a Google credential: send Authorization: Bearer "

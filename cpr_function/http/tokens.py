@@ -24,12 +24,22 @@ from collections.abc import Callable, Sequence
 from ..errors import AuthUnavailable, Unauthenticated
 
 ISSUERS = ("accounts.google.com", "https://accounts.google.com")
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 _KEPT = 10_000  # tokens remembered at most; the oldest go first
 _REFUSAL_SECONDS = 30.0  # how long a token Google called invalid is refused without asking
 _CERTS_SECONDS = 3600.0  # keys kept this long when Google's answer gives no max-age
 _REFETCH_SECONDS = 60.0
 _TIMEOUT = 5.0
 _JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+
+
+class _Pending:
+    """A check under way: its waiters wake when it ends, and share its failure to reach
+    Google (a refusal or an identity is cached instead)."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.failed: AuthUnavailable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +65,7 @@ class Verifier:
         self._clock = clock
         self._lock = threading.Lock()
         self._known: dict[str, tuple[float, Identity | Unauthenticated]] = {}
-        self._pending: dict[str, threading.Event] = {}
+        self._pending: dict[str, _Pending] = {}
         self._certs: tuple[float, dict[str, str]] | None = None
         self._certs_fetched = 0.0
         self.calls = 0  # requests made to Google's endpoints, for GET / and the tests
@@ -77,18 +87,24 @@ class Verifier:
                     return _outcome(known[1])
                 pending = self._pending.get(key)
                 if pending is None:
-                    self._pending[key] = threading.Event()
+                    pending = self._pending[key] = _Pending()
                     break
-            pending.wait(_TIMEOUT * 2)
+            pending.done.wait(_TIMEOUT * 2)
+            if pending.failed is not None:
+                raise pending.failed  # Google could not answer the check this one waited for
         try:
             expires, outcome = self._verify(token, audiences)
             with self._lock:
                 self._known[key] = (expires, outcome)
                 while len(self._known) > _KEPT:
                     self._known.pop(next(iter(self._known)))
+        except AuthUnavailable as exc:
+            pending.failed = exc
+            raise
         finally:
             with self._lock:
-                self._pending.pop(key).set()
+                self._pending.pop(key, None)
+            pending.done.set()
         return _outcome(outcome)
 
     def _verify(
@@ -115,6 +131,13 @@ class Verifier:
             expires = self._clock()
         if expires <= self._clock():
             return self._clock() + _REFUSAL_SECONDS, Unauthenticated("the access token expired")
+        if CLOUD_PLATFORM not in str(answer.get("scope", "")).split():
+            # A token some other site got to sign its users in with (email scope alone)
+            # must not open this function: Google's clients ask for cloud-platform.
+            return expires, Unauthenticated(
+                f"the access token lacks the {CLOUD_PLATFORM} scope that Google's clients "
+                "request; ask for it (and userinfo.email) when getting the token"
+            )
         return expires, _identity(answer, "access token")
 
     def _id_token(
@@ -175,8 +198,12 @@ class Verifier:
                 status, raw = response.status, response.read()
                 headers = response.headers
         except urllib.error.HTTPError as exc:
-            status, raw, headers = exc.code, exc.read(), exc.headers
-        except (OSError, ValueError) as exc:
+            status, headers = exc.code, exc.headers
+            try:
+                raw = exc.read()
+            except Exception:
+                raw = b""
+        except Exception as exc:  # unreachable, refused, cut short: never let anyone in
             raise AuthUnavailable(
                 f"Google's token endpoint {urllib.parse.urlsplit(request.full_url).netloc} could "
                 f"not be reached ({type(exc).__name__}); the credential could not be verified"
