@@ -5,7 +5,8 @@ processes after it.
 Each load writes `CACHE/.loading/KEY-PID-START.json` (the version, the process, and once
 listed the bytes of its model and packages) and removes it when the load ends, whether it
 succeeded or failed. A mark whose process is gone (no such pid, or a pid reused by a
-process started at another time) is a load that was killed.
+process started at another time) is a load that was killed; it stays, so that every
+worker of the instance, started before or after, keeps the version apart.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 _FOLDER = ".loading"
+_HOST = socket.gethostname()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +46,16 @@ class Death:
 class Mark:
     """The mark of one load under way; `sized` records the version's bytes once listed."""
 
-    def __init__(self, path: Path, fields: dict):
+    def __init__(self, path: Path | None, fields: dict):
         self.path = path
         self._fields = fields
 
     def sized(self, size: int) -> None:
+        if self.path is None:
+            return
         self._fields["bytes"] = size
-        _write(self.path, self._fields)
+        with contextlib.suppress(OSError):  # a mark must never fail the load it marks
+            _write(self.path, self._fields)
 
 
 @contextlib.contextmanager
@@ -57,11 +63,11 @@ def loading(cache: Path, key: str, model: str, version: str) -> Iterator[Mark]:
     """Marks a load of version `key` by this process while the block runs."""
     pid = os.getpid()
     path = cache / _FOLDER / f"{_hashed(key)}-{pid}-{_start_ticks(pid)}.json"
-    fields = {"model": model, "version": version, "pid": pid, "started": time.time()}
+    fields = {"model": model, "version": version, "pid": pid, "host": _HOST, "started": time.time()}
     try:
         _write(path, fields)
     except OSError:
-        yield Mark(Path(os.devnull), {})  # an unwritable cache fails the load elsewhere
+        yield Mark(None, {})  # unmarked: an unwritable cache fails the load elsewhere
         return
     try:
         yield Mark(path, fields)
@@ -79,20 +85,13 @@ def killed(cache: Path, key: str) -> Death | None:
             fields = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if _start_ticks(int(pid)) != ticks:
+        # A cache shared between machines holds their marks too: only this one's pids count.
+        if fields.get("host", _HOST) == _HOST and _start_ticks(int(pid)) != ticks:
             deaths.append(fields)
     if not deaths:
         return None
     latest = max(deaths, key=lambda f: f.get("started", 0))
     return Death(latest["pid"], latest.get("started", 0.0), latest.get("bytes"), len(deaths))
-
-
-def forget(cache: Path, key: str) -> None:
-    """Removes the marks of killed loads of `key`: it has since loaded."""
-    for path in (cache / _FOLDER).glob(f"{_hashed(key)}-*.json"):
-        with contextlib.suppress(OSError, ValueError):
-            if _start_ticks(int(path.stem.rsplit("-", 2)[1])) != path.stem.rsplit("-", 2)[2]:
-                path.unlink()
 
 
 def shown(size: int) -> str:

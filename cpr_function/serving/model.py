@@ -185,7 +185,6 @@ class LazyModel:
                 with self._storage.in_use():
                     loaded = self._cold.run()
                 self._storage.discard(self._cold.listings)
-        deaths.forget(cache, spec.key)
         return loaded
 
     def status(self) -> dict[str, Any]:
