@@ -7,6 +7,7 @@ pickled tuples (see `worker`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -169,6 +170,10 @@ class _Channel:
             self.open = False
         if kill:
             self.proc.kill()
+        # Closing the descriptor alone sends nothing while the reader thread is blocked on
+        # it: shut the socket down, so that the child reads its end now.
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.conn.fileno())) as end:
+            end.shutdown(socket.SHUT_RDWR)
         self.conn.close()
         try:
             return self.proc.wait(5)

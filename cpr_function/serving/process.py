@@ -22,6 +22,8 @@ from .child import Child, Ended
 
 log = logging.getLogger(__name__)
 
+_UNLOAD_WAIT = 10.0  # seconds an unload waits for the calls under way to be answered
+
 
 class ProcessModel:
     """Runs one version in a child process, started on first use and restarted after a crash.
@@ -123,10 +125,11 @@ class ProcessModel:
         return reply[1]
 
     def unload(self) -> None:
-        """Ends the child once the calls under way are answered; the next request starts a
-        new one."""
+        """Ends the child once the calls under way are answered (or 10 s have passed: those
+        still running then fail); the next request starts a new one."""
         with self._lock:
-            self._idle.wait_for(lambda: self._calls == 0)
+            # Requests keep coming to a busy version: wait a while, not for ever.
+            self._idle.wait_for(lambda: self._calls == 0, timeout=_UNLOAD_WAIT)
             self._child.stop()
 
     def _heard(self, reply: tuple) -> None:

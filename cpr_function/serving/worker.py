@@ -64,10 +64,14 @@ def serve(conn) -> int:
             else:
                 result = _encoded(model.respond(args[0], vertex=args[1]))
             reply = ("ok", result)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: every call gets its answer
             reply = _error(exc)
-        with sending:
-            conn.send((call_id, *reply, *shown.tail()))
+        try:
+            with sending:
+                conn.send((call_id, *reply, *shown.tail()))
+        except BaseException:
+            log.exception("a reply could not be sent to the function; ending this process")
+            os._exit(1)  # the function then sees it end, rather than wait for an answer
 
     # As many calls at once as the parent's worker has threads: as in-process, the
     # predictor is called from several threads at once.
@@ -108,7 +112,7 @@ def _encoded(body: Any) -> Any:
     return protocol.encode(body)
 
 
-def _error(exc: Exception) -> tuple:
+def _error(exc: BaseException) -> tuple:
     if isinstance(exc, CprError):
         return ("error", str(exc), exc.status_code)
     log.error("unexpected error in the worker process", exc_info=exc)
