@@ -78,6 +78,7 @@ class _Bounded:
 
     def init_process(self) -> None:
         self._heads: dict[object, float | None] = {}  # connection -> first bytes seen at
+        self._refused: set[object] = set()  # connections answered 408 by the watchdog
         self._heads_lock = threading.Lock()
         threading.Thread(target=self._watch_heads, name="cpr-heads", daemon=True).start()
         super().init_process()
@@ -90,10 +91,14 @@ class _Bounded:
         finally:
             with self._heads_lock:
                 self._heads.pop(conn, None)
+                self._refused.discard(conn)
 
     def handle_request(self, req, conn):
         with self._heads_lock:
             self._heads.pop(conn, None)  # the head arrived whole: the app's limits apply now
+            if conn in self._refused:  # ... but too late: it was answered 408 meanwhile
+                self._refused.discard(conn)
+                return False
         return super().handle_request(req, conn)
 
     def _watch_heads(self) -> None:
@@ -109,6 +114,7 @@ class _Bounded:
                     elif now - since > HEAD_SECONDS:
                         late.append(conn)
                         del self._heads[conn]
+                        self._refused.add(conn)
             for conn in late:
                 _refuse_slow(conn)
 
