@@ -509,7 +509,8 @@ fi
 # gcloud's own output goes to stderr: stdout carries only the URL, for FUNCTION_URL=$(...).
 for step in "${before[@]+"${before[@]}"}"; do
   read -r -a words <<<"$step"
-  "${words[@]}" >&2
+  # A deployer who may not change a shared bucket's policy can still deploy.
+  "${words[@]}" >&2 || echo "deploy.sh: warning: could not run: $step; grant the function's service account roles/storage.objectViewer on that bucket" >&2
 done
 "${command[@]}" >&2
 for step in "${after[@]+"${after[@]}"}"; do

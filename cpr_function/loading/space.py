@@ -6,6 +6,7 @@ answer must say so, with the sizes and what fixes it, never blame Cloud Storage.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import shutil
 from pathlib import Path
@@ -25,6 +26,15 @@ def free_bytes(root: Path) -> int:
     while not root.exists() and root != root.parent:
         root = root.parent  # not made yet: its folder's filesystem is where it will be
     return shutil.disk_usage(root).free
+
+
+def partial_bytes(folder: Path) -> int:
+    """The bytes the partial files of downloads under way in `folder` hold already."""
+    total = 0
+    for path in folder.glob(".*.partial-*"):
+        with contextlib.suppress(OSError):  # finished and renamed meanwhile
+            total += path.stat().st_size
+    return total
 
 
 def check_room(root: Path, needed: int, what: str) -> None:

@@ -140,7 +140,10 @@ class Storage:
         # What is cached already is left out here, so the measure of speed sees downloads only.
         missing = [b for b in blobs if not self._object_path(b).exists()]
         if missing:
-            space.check_room(self._root, sum(b.size for b in missing), uri)
+            # Another worker may be downloading the same objects (each warms up at once):
+            # what its partial files hold already is not needed twice.
+            under_way = space.partial_bytes(self._root / "objects")
+            space.check_room(self._root, sum(b.size for b in missing) - under_way, uri)
         built = ramp.run(
             missing, self._fetch_blob, size=lambda b: b.size, counted=bool, most=self._parallelism
         )
@@ -182,6 +185,8 @@ class Storage:
                 try:
                     target.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
+                    if space.is_full(exc):
+                        raise
                     raise LoadError(
                         f"model directory {listing.uri} cannot be laid out: the name "
                         f"{str(Path(rel).parent)!r} is both an object and a folder"
@@ -192,7 +197,12 @@ class Storage:
                 except OSError:
                     shutil.copyfile(source, target)
 
-        cache.materialize(final, build)
+        try:
+            cache.materialize(final, build)
+        except OSError as exc:
+            if space.is_full(exc):
+                raise space.ran_out(self._root, f"model directory {listing.uri}") from exc
+            raise
         return final
 
 
