@@ -93,7 +93,7 @@ def _extract_tar(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
     import tarfile
 
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with space.reported(dest.parent, f"package {uri}"), tarfile.open(archive, "r:*") as tar:
             members, total = [], 0
             for member in tar:  # one at a time: a tiny archive may hold millions of headers
                 members.append(member)
@@ -107,8 +107,6 @@ def _extract_tar(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
     except (tarfile.TarError, EOFError) as exc:
         raise LoadError(f"package {uri} is not a readable .tar.gz archive: {exc}") from exc
     except OSError as exc:
-        if space.is_full(exc):
-            raise space.ran_out(dest.parent, f"package {uri}") from exc
         raise LoadError(f"package {uri} could not be unpacked: {exc.strerror}") from exc
 
 
@@ -146,7 +144,7 @@ def _extract_zip(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
     import zipfile
 
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with space.reported(dest.parent, f"package {uri}"), zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
             total = sum(i.file_size for i in infos)
             _check_counts(uri, len(infos), total, max_bytes)
@@ -166,8 +164,6 @@ def _extract_zip(archive: Path, dest: Path, uri: str, max_bytes: int) -> None:
     except (zipfile.BadZipFile, EOFError) as exc:
         raise LoadError(f"package {uri} is not a readable zip archive: {exc}") from exc
     except OSError as exc:
-        if space.is_full(exc):
-            raise space.ran_out(dest.parent, f"package {uri}") from exc
         raise LoadError(f"package {uri} could not be unpacked: {exc.strerror}") from exc
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DiskFull
@@ -54,6 +55,21 @@ def check_room(root: Path, needed: int, what: str) -> None:
 def is_full(exc: BaseException) -> bool:
     """Whether an error is a write that found no space left (or the quota spent)."""
     return isinstance(exc, OSError) and exc.errno in _FULL
+
+
+@contextlib.contextmanager
+def reported(root: Path, what: str) -> Iterator[None]:
+    """Turns a write under `root` that runs out of space into `DiskFull`, naming `what`.
+
+    Raises:
+        DiskFull: no space was left (or the quota was spent) while the block wrote.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if is_full(exc):
+            raise ran_out(root, what) from exc
+        raise
 
 
 def ran_out(root: Path, what: str) -> DiskFull:

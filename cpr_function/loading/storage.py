@@ -155,14 +155,10 @@ class Storage:
         )
 
     def _fetch_blob(self, blob: Blob) -> bool:
-        try:
+        with space.reported(self._root, f"gs://{blob.bucket}/{blob.name}"):
             return cache.materialize(
                 self._object_path(blob), lambda tmp: self._gcs.download(blob, tmp), sweep=False
             )
-        except OSError as exc:
-            if space.is_full(exc):
-                raise space.ran_out(self._root, f"gs://{blob.bucket}/{blob.name}") from exc
-            raise
 
     def _object_path(self, blob: Blob) -> Path:
         key = hashlib.sha256(f"{blob.bucket}/{blob.name}".encode()).hexdigest()[:40]
@@ -197,12 +193,8 @@ class Storage:
                 except OSError:
                     shutil.copyfile(source, target)
 
-        try:
+        with space.reported(self._root, f"model directory {listing.uri}"):
             cache.materialize(final, build)
-        except OSError as exc:
-            if space.is_full(exc):
-                raise space.ran_out(self._root, f"model directory {listing.uri}") from exc
-            raise
         return final
 
 
