@@ -27,11 +27,12 @@ import time
 
 import orjson
 
+from ..errors import echo
+
 log = logging.getLogger(__name__)
 
 HEAD_SECONDS = 5.0
 REQUEST_LINE_BYTES = 8190  # gunicorn's most
-_ECHO = 200  # characters of what a client sent that an error may repeat
 
 
 def install() -> None:
@@ -58,18 +59,9 @@ def install() -> None:
 
 def _bounded_class(worker_class: type) -> str | None:
     """The name of this module's bounded subclass of gunicorn's worker class, if any."""
-    from gunicorn.workers.gthread import ThreadWorker
-
-    try:
-        from functions_framework._http.gunicorn import GThreadWorkerWithTimeoutSupport
-    except ImportError:
-        GThreadWorkerWithTimeoutSupport = None  # noqa: N806
-    if GThreadWorkerWithTimeoutSupport is not None and issubclass(
-        worker_class, GThreadWorkerWithTimeoutSupport
-    ):
-        return "BoundedTimeoutWorker"
-    if issubclass(worker_class, ThreadWorker):
-        return "BoundedThreadWorker"
+    for bounded in (BoundedTimeoutWorker, BoundedThreadWorker):
+        if issubclass(worker_class, bounded.__bases__[1]):
+            return bounded.__name__
     return None
 
 
@@ -143,7 +135,7 @@ def _json_refusal(exc: BaseException) -> tuple[int, str, str] | None:
         return (
             431,
             "Request Header Fields Too Large",
-            f"the request's headers are too large ({str(exc)[:_ECHO]}); at most 100 headers "
+            f"the request's headers are too large ({echo(str(exc))}); at most 100 headers "
             "of 8190 bytes each are accepted",
         )
     if isinstance(
