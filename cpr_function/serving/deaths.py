@@ -32,7 +32,6 @@ class Death:
     pid: int
     started: float
     bytes: int | None
-    count: int  # how many loads of this version were killed so far
 
     def describe(self) -> str:
         size = f"; its model and packages are {shown(self.bytes)}" if self.bytes else ""
@@ -91,7 +90,7 @@ def killed(cache: Path, key: str) -> Death | None:
     if not deaths:
         return None
     latest = max(deaths, key=lambda f: f.get("started", 0))
-    return Death(latest["pid"], latest.get("started", 0.0), latest.get("bytes"), len(deaths))
+    return Death(latest["pid"], latest.get("started", 0.0), latest.get("bytes"))
 
 
 def shown(size: int) -> str:
