@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import make_tar
+from conftest import child_pids, make_tar
 from kit_source import hog_files, kit_files
 
 CLASSES = ("Echo", "Raising", "Short", "NotANumber", "Sleepy", "OpensMissing")
@@ -128,17 +128,16 @@ def test_in_process_a_predictor_past_the_deadline_is_a_504_and_serving_goes_on(
 
 
 def _workers(master: int) -> set[int]:
+    """The master's gunicorn workers, not the processes of versions served apart."""
     from pathlib import Path
 
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    def apart(pid: int) -> bool:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return "worker" in Path(f"/proc/{pid}/cmdline").read_text()
         except OSError:
-            continue
-        if int(fields[1]) == master and "worker" not in Path(stat.parent / "cmdline").read_text():
-            found.add(int(stat.parent.name))
-    return found
+            return True  # ended meanwhile
+
+    return {pid for pid in child_pids(master) if not apart(pid)}
 
 
 def test_a_version_killed_while_loading_is_loaded_apart_and_never_kills_the_worker_again(

@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 import requests
-from conftest import EXAMPLES, IRIS, iris_expected
+from conftest import EXAMPLES, IRIS, child_pids, iris_expected
 
 from cpr_function.http import workers
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(stat.parent.name))
-        except (OSError, ValueError):
-            pass
-    return found
 
 
 def test_one_cpu_keeps_functions_frameworks_own_default():
@@ -65,10 +53,10 @@ def test_with_nothing_set_each_cpu_gets_a_worker_warmed_before_any_request(funct
     deadline = time.monotonic() + 60
     while fn.log().count("warm-up: loading") < cpus and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(_children(fn.proc.pid)) == cpus
+    assert len(child_pids(fn.proc.pid)) == cpus
     entries = [json.loads(line) for line in fn.log().splitlines() if line.startswith("{")]
     warmed = {e["pid"] for e in entries if e["message"].startswith("warm-up: loading")}
-    assert warmed == _children(fn.proc.pid), fn.log()
+    assert warmed == child_pids(fn.proc.pid), fn.log()
     expected = iris_expected(EXAMPLES / "model", IRIS)
     for _ in range(4):
         answer = requests.post(f"{fn.url}/", json={"instances": IRIS}, timeout=60)
