@@ -17,7 +17,7 @@ from ..loading import packages
 from ..loading.gcs import ObjectChanged
 from ..loading.storage import Listing, Storage
 from ..shims import Shims
-from . import batching, gcpause, routine
+from . import batching, gcpause, routine, warning_filters
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class ColdStart:
                 else:
                     loaded = frameworks.load(model_dir, spec.framework)
                 loaded = batching.wrap(loaded, **config.microbatch_for(spec)._asdict())
+            # The load's imports add filters; scikit-learn pays for each at every predict.
+            warning_filters.compact()
         self.phases["total"] = round(time.perf_counter() - start, 6)
         log.info(
             "model %s version %s loaded in %.3fs: %s",
