@@ -10,7 +10,10 @@ For each model, over the same file of instances (JSON lines), each round times:
 - `beam-1`, `beam-2`: `python -m cpr_function batch-predict` on Beam's local runner with
   1 and 2 worker processes (the default on 2 cores);
 - `online`: `python -m cpr_function predict` sending the file in batches of --batch-size
-  to a warm local function (its start is not counted).
+  to a warm local function (its start is not counted). The function merges concurrent
+  requests into predict calls of up to 1024 instances (micro-batching's default);
+- `beam-2-big`: `beam-2` with `--batch-size` 1024, predict calls as large as the
+  function's merged ones.
 
 Each figure is the wall time of a whole command, start to exit, so Beam's start, the
 model's load in each worker and writing the output are all counted. `example` is the
@@ -38,6 +41,7 @@ from harness import REPO, Function  # noqa: E402
 from microbatch import train_forest  # noqa: E402
 
 EXAMPLES = REPO / "examples"
+BIG_BATCH = 1024  # the most instances micro-batching merges into one call, by default
 EXAMPLE_FLAGS = [
     *("--model-dir", str(EXAMPLES / "model")),
     *("--package-uris", str(EXAMPLES / "dist" / "my_custom_code-0.1.tar.gz")),
@@ -111,10 +115,15 @@ def run_model(kind: str, work: Path, args) -> dict[str, list[float]]:
         flags = ["--model-dir", str(model_dir), "--framework", "scikit-learn"]
         fn_env = {"CPR_ORIGIN": str(model_dir), "CPR_FRAMEWORK": "scikit-learn"}
     cache = work / "cache"
-    common = ["--input-paths", str(source), "--batch-size", str(args.batch_size)]
-    common += ["--cache-dir", str(cache)]
+    common = ["--input-paths", str(source), "--cache-dir", str(cache)]
     fn = Function({**fn_env, "CPR_CACHE_DIR": str(cache)})
-    times: dict[str, list[float]] = {"floor": [], "beam-1": [], "beam-2": [], "online": []}
+    times: dict[str, list[float]] = {
+        "floor": [],
+        "beam-1": [],
+        "beam-2": [],
+        "online": [],
+        "beam-2-big": [],
+    }
     try:
         fn.call("/predict", {"instances": [[5.1, 3.5, 1.4, 0.2]]})  # warm
         for round_ in range(args.rounds):
@@ -126,16 +135,16 @@ def run_model(kind: str, work: Path, args) -> dict[str, list[float]]:
                 str(EXAMPLES / "custom_code"),
             ]
             times["floor"].append(timed(floor))
-            for workers in (1, 2):
+            for name, workers, size in (
+                ("beam-1", 1, args.batch_size),
+                ("beam-2", 2, args.batch_size),
+                ("beam-2-big", 2, BIG_BATCH),
+            ):
                 command = [sys.executable, "-m", "cpr_function", "batch-predict", *flags, *common]
-                command += [
-                    "--output-path",
-                    f"{out}-{workers}",
-                    "--direct_num_workers",
-                    str(workers),
-                ]
-                times[f"beam-{workers}"].append(timed(command, cwd=REPO))
-                summary = json.loads(Path(f"{out}-{workers}/prediction.summary.json").read_text())
+                command += ["--output-path", f"{out}-{name}", "--batch-size", str(size)]
+                command += ["--direct_num_workers", str(workers)]
+                times[name].append(timed(command, cwd=REPO))
+                summary = json.loads(Path(f"{out}-{name}/prediction.summary.json").read_text())
                 assert summary["predicted"] == args.instances, summary
             online = [sys.executable, "-m", "cpr_function", "predict", "--url"]
             online += [f"http://127.0.0.1:{fn.port}/predict", "--json-instances", str(source)]
@@ -158,7 +167,7 @@ def report(kind: str, times: dict[str, list[float]], args) -> None:
     )
     for name in times:
         spread = f"{min(times[name]):.2f}-{max(times[name]):.2f}s"
-        print(f"  {name:<7} {med[name]:7.2f}s  {rate[name]:9.0f} instances/s  ({spread})")
+        print(f"  {name:<10} {med[name]:7.2f}s  {rate[name]:9.0f} instances/s  ({spread})")
     print(
         f"  beam-1 / floor  {rate['beam-1'] / rate['floor']:.2f}x  (target >= 0.8x on the forest)"
     )
@@ -167,6 +176,10 @@ def report(kind: str, times: dict[str, list[float]], args) -> None:
     )
     print(f"  beam-2 / online {rate['beam-2'] / rate['online']:.2f}x  (target >= 3x)")
     print(f"  beam-1 / online {rate['beam-1'] / rate['online']:.2f}x")
+    print(
+        f"  beam-2-big / online {rate['beam-2-big'] / rate['online']:.2f}x  (predict calls of "
+        f"up to {BIG_BATCH} in both)"
+    )
     chunks = -(-args.instances // args.batch_size)
     extra = (med["beam-1"] - med["floor"]) / chunks * 1e6
     print(
