@@ -12,6 +12,7 @@ import tarfile
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,19 @@ class FunctionProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, found: str | Callable[[str], bool], timeout: float = 10) -> str:
+        """The log, up to its last whole line, once it holds the text `found` or `found(log)`
+        is true: a request's entry is written shortly after its answer, not before it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log()
+            text = text[: text.rfind("\n") + 1]
+            if (found in text) if isinstance(found, str) else found(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {found!r} in the log within {timeout}s:\n{text[-4000:]}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

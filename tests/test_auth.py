@@ -52,6 +52,11 @@ def _post(fn, token: str | None = None, path: str = "/", header: str | None = No
     return requests.post(fn.url + path, json={"instances": IRIS}, headers=headers, timeout=60)
 
 
+def _entries(log: str) -> list[dict]:
+    """The function's JSON log lines (gunicorn's own lines are skipped)."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
 EXPECTED = {"predictions": iris_expected(EXAMPLES / "model", IRIS)}
 
 
@@ -87,8 +92,9 @@ def test_an_allowed_access_token_is_admitted_and_its_email_logged(google, guarde
     assert (answer.status_code, answer.json()) == (200, EXPECTED)
     assert _post(guarded, google.access_token(ROBOT), path=V1).json() == EXPECTED
     assert _post(guarded, google.access_token("carol@example.org")).json() == EXPECTED
-    entries = [json.loads(line) for line in guarded.log().splitlines() if line.startswith("{")]
-    assert any(e.get("caller") == ALICE and e.get("status") == 200 for e in entries)
+    guarded.wait_for_log(
+        lambda log: any(e.get("caller") == ALICE and e.get("status") == 200 for e in _entries(log))
+    )
 
 
 def test_a_verified_caller_not_on_the_list_is_a_403(google, guarded):
@@ -222,10 +228,13 @@ def test_no_token_reaches_a_log_line_a_response_or_the_status(google, guarded):
     access, identity = google.access_token(ALICE), google.id_token(ALICE, guarded.url)
     bad = google.id_token(ALICE, "https://elsewhere.example")
     answers = [_post(guarded, t) for t in (access, identity, bad, "ya29.not-a-real-one")]
-    status = requests.get(guarded.url + "/", headers={"Authorization": f"Bearer {access}"})
+    last = {"Authorization": f"Bearer {access}", "User-Agent": "the last request"}
+    status = requests.get(guarded.url + "/", headers=last)
     assert status.status_code == 200
     assert status.json()["config"]["auth"] == "google"
-    texts = [a.text for a in answers] + [status.text, guarded.log()]
+    # The entries are written in the order the requests were answered: the last one's is
+    # written last.
+    texts = [a.text for a in answers] + [status.text, guarded.wait_for_log("the last request")]
     for token in (access, identity, bad, "ya29.not-a-real-one"):
         assert not any(token in text for text in texts)
 
