@@ -91,18 +91,25 @@ def request(logger: logging.Logger, message: str, values: dict) -> None:
 
 
 def _direct_handler(logger: logging.Logger) -> logging.Handler | None:
-    """The JSON handler, when an INFO record of `logger` would go to it and nowhere else."""
-    package = logger.parent
-    handlers = package.handlers if package is not None else ()
+    """The JSON handler, when an INFO record of `logger` would go to it and nowhere else.
+
+    Found as logging finds a record's handlers: up the parents until one does not
+    propagate. More loggers stand on the way in a gunicorn server than this package's
+    modules make: at start gunicorn makes a logger of every name logging only holds a
+    place for (`glogging.loggers()`), `cpr_function.http` among them.
+    """
+    if logger.disabled or logger.filters or not logger.isEnabledFor(logging.INFO):
+        return None
+    handlers: list[logging.Handler] = []
+    current = logger
+    while current is not None:
+        handlers += current.handlers
+        current = current.parent if current.propagate else None
     if (
         len(handlers) == 1
         and isinstance(handlers[0].formatter, _Json)
-        and package.name == "cpr_function"
-        and not (logger.handlers or logger.filters or package.filters or handlers[0].filters)
-        and logger.propagate
-        and not (package.propagate or logger.disabled)
+        and not handlers[0].filters
         and handlers[0].level <= logging.INFO
-        and logger.isEnabledFor(logging.INFO)
     ):
         return handlers[0]
     return None

@@ -69,22 +69,34 @@ def test_json_logs_carry_the_trace_phases_and_one_entry_per_request(function, ir
     ), "the cold start is logged under the request that caused it"
 
 
-def test_a_request_entry_is_the_same_written_directly_or_through_logging(capsys):
-    """Only the JSON handler on the way: the entry is written to it directly. A filter
-    (or any other handler) on the way: it goes through logging, and reads the same."""
+@pytest.fixture
+def configure():
+    """`logs.configure` afresh, for one test (to the sys.stderr of the moment it is called);
+    returns the handler it installed. The handlers before are put back afterwards."""
     package = logging.getLogger("cpr_function")
     saved = package.handlers[:]
-    package.handlers.clear()
+
+    def fresh(fmt: str = "json") -> logging.Handler:
+        package.handlers.clear()  # pytest's own too, which it adds as the test starts
+        logs.configure(fmt)
+        return package.handlers[0]
+
+    yield fresh
+    package.handlers[:] = saved
+
+
+def test_a_request_entry_is_the_same_written_directly_or_through_logging(capsys, configure):
+    """Only the JSON handler on the way: the entry is written to it directly. A filter
+    (or any other handler) on the way: it goes through logging, and reads the same."""
     token = logs.TRACE.set({"logging.googleapis.com/trace": "projects/p/traces/t"})
     values = {"httpRequest": {"requestUrl": "/predict", "status": 200}, "status": 200}
     try:
-        logs.configure("json")
+        handler = configure("json")
         logs.request(logging.getLogger("cpr_function.http.app"), "POST /predict -> 200", values)
-        package.handlers[0].addFilter(lambda record: True)
+        handler.addFilter(lambda record: True)
         logs.request(logging.getLogger("cpr_function.http.app"), "POST /predict -> 200", values)
     finally:
         logs.TRACE.reset(token)
-        package.handlers[:] = saved
     direct, through = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     assert direct.pop("time") <= through.pop("time")
     expected = {
@@ -98,24 +110,20 @@ def test_a_request_entry_is_the_same_written_directly_or_through_logging(capsys)
     assert direct == through == expected
 
 
-def test_a_request_entry_written_directly_keeps_its_place_among_other_lines(monkeypatch):
+def test_a_request_entry_written_directly_keeps_its_place_among_other_lines(monkeypatch, configure):
     """Written straight to the handler's stream (a pipe here, as on Cloud Functions), the
     entry lands between the lines logged before and after it, and names this process."""
     read_end, write_end = os.pipe()
     stream = open(write_end, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
     monkeypatch.setattr(sys, "stderr", stream)
-    package = logging.getLogger("cpr_function")
-    saved = package.handlers[:]
-    package.handlers.clear()
     app_log = logging.getLogger("cpr_function.http.app")
     try:
-        logs.configure("json")
-        assert logs._direct_handler(app_log) is package.handlers[0]
+        handler = configure("json")
+        assert logs._direct_handler(app_log) is handler
         app_log.info("through logging, first")
         logs.request(app_log, "written directly", {"status": 200})
         app_log.info("through logging, last")
     finally:
-        package.handlers[:] = saved
         stream.close()
     with open(read_end, "rb") as pipe:
         lines = [json.loads(line) for line in pipe.read().splitlines()]
@@ -126,6 +134,25 @@ def test_a_request_entry_written_directly_keeps_its_place_among_other_lines(monk
     ]
     assert lines[1]["status"] == 200
     assert all(e["pid"] == os.getpid() for e in lines)
+
+
+def test_a_request_entry_is_written_directly_past_loggers_gunicorn_makes(configure):
+    """A gunicorn server, as it starts, makes a logger of every name logging only holds a
+    place for: `cpr_function.http` then stands between the app's logger and the package's,
+    with no handler of its own. The JSON handler is still the only one on the way."""
+    from gunicorn import glogging
+
+    app_log = logging.getLogger("cpr_function.http.app")
+    handler = configure("json")
+    glogging.loggers()
+    assert isinstance(app_log.parent.manager.loggerDict["cpr_function.http"], logging.Logger)
+    assert logs._direct_handler(app_log) is handler
+    another = logging.NullHandler()
+    app_log.parent.addHandler(another)
+    try:
+        assert logs._direct_handler(app_log) is None, "a second handler on the way"
+    finally:
+        app_log.parent.removeHandler(another)
 
 
 @pytest.mark.parametrize(
