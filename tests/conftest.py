@@ -53,6 +53,16 @@ def child_pids(pid: int) -> set[int]:
     return found
 
 
+def fill_pipe(fd: int) -> None:
+    """Writes empty lines to a pipe till not one more byte fits: a reader that stalled."""
+    os.set_blocking(fd, False)
+    for size in (4096, 1):
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(fd, b"\n" * size)
+    os.set_blocking(fd, True)
+
+
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+import re
+import select
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import IRIS, iris_expected
+import requests
+from conftest import IRIS, FunctionProcess, child_pids, fill_pipe, iris_expected
 
 from cpr_function import logs
+from cpr_function.http import app
 
 
 def entries(fn, *, answered: int = 0) -> list[dict]:
@@ -86,33 +93,46 @@ def configure():
 
 
 def test_a_request_entry_is_the_same_written_directly_or_through_logging(capsys, configure):
-    """Only the JSON handler on the way: the entry is written to it directly. A filter
-    (or any other handler) on the way: it goes through logging, and reads the same."""
+    """Only the JSON handler on the way: the entry is queued, and made and written by the
+    handler's writer thread. A filter (or any other handler) on the way: it goes through
+    logging, and reads the same, its fields in the same order."""
+    app_log = logging.getLogger("cpr_function.http.app")
     token = logs.TRACE.set({"logging.googleapis.com/trace": "projects/p/traces/t"})
-    values = {"httpRequest": {"requestUrl": "/predict", "status": 200}, "status": 200}
+    note = {"model": "iris", "version": "v1", "instances": 3}
     try:
         handler = configure("json")
-        logs.request(logging.getLogger("cpr_function.http.app"), "POST /predict -> 200", values)
+        logs.request(app_log, app._entry, "POST", "/predict", 200, 0.0008125, "curl/8", note)
         handler.addFilter(lambda record: True)
-        logs.request(logging.getLogger("cpr_function.http.app"), "POST /predict -> 200", values)
+        logs.request(app_log, app._entry, "POST", "/predict", 200, 0.0008125, "curl/8", note)
     finally:
         logs.TRACE.reset(token)
     direct, through = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     assert direct.pop("time") <= through.pop("time")
     expected = {
         "severity": "INFO",
-        "message": "POST /predict -> 200",
+        "message": "POST /predict -> 200 in 0.8 ms",
         "logger": "cpr_function.http.app",
         "pid": os.getpid(),
-        **values,
+        "httpRequest": {
+            "requestMethod": "POST",
+            "requestUrl": "/predict",
+            "status": 200,
+            "latency": "0.000812s",
+            "userAgent": "curl/8",
+        },
+        "status": 200,
+        "latencyMs": 0.812,
+        **note,
         "logging.googleapis.com/trace": "projects/p/traces/t",
     }
     assert direct == through == expected
+    assert list(direct) == list(through) == list(expected)
 
 
 def test_a_request_entry_written_directly_keeps_its_place_among_other_lines(monkeypatch, configure):
-    """Written straight to the handler's stream (a pipe here, as on Cloud Functions), the
-    entry lands between the lines logged before and after it, and names this process."""
+    """Written by the handler's writer thread to its stream (a pipe here, as on Cloud
+    Functions), the entry still lands between the lines logged before and after it, and
+    names this process."""
     read_end, write_end = os.pipe()
     stream = open(write_end, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
     monkeypatch.setattr(sys, "stderr", stream)
@@ -121,7 +141,7 @@ def test_a_request_entry_written_directly_keeps_its_place_among_other_lines(monk
         handler = configure("json")
         assert logs._direct_handler(app_log) is handler
         app_log.info("through logging, first")
-        logs.request(app_log, "written directly", {"status": 200})
+        logs.request(app_log, lambda: ("written directly", {"status": 200}))
         app_log.info("through logging, last")
     finally:
         stream.close()
@@ -184,6 +204,143 @@ def test_request_entries_as_chosen(function, iris_dir, tmp_path, setting, status
         "import",
         "from_path",
     }
+
+
+# A request entry's fields, in their order, as they always were.
+ENTRY_FIELDS = ["severity", "message", "time", "logger", "pid", "httpRequest", "status"]
+ENTRY_FIELDS += ["latencyMs", "model", "version", "instances"]
+HTTP_REQUEST_FIELDS = ["requestMethod", "requestUrl", "status", "latency", "userAgent"]
+
+
+def burst(fn, count: int, *, timeout: float = 60) -> dict[str, float]:
+    """`count` predictions from 8 threads at once, each sent with a User-Agent of its own;
+    that name -> when its answer arrived (time.time())."""
+
+    def one(i: int) -> tuple[str, float]:
+        name = f"client {i}"
+        answer = requests.post(
+            fn.url + "/predict",
+            json={"instances": IRIS},
+            headers={"User-Agent": name},
+            timeout=timeout,
+        )
+        assert answer.status_code == 200, answer.text
+        return name, time.time()
+
+    with ThreadPoolExecutor(8) as pool:
+        return dict(pool.map(one, range(count)))
+
+
+def clients(logged: list[dict]) -> list[str]:
+    """The User-Agent of each request entry, sorted: a name twice is an entry written twice."""
+    return sorted(e["httpRequest"]["userAgent"] for e in answers(logged))
+
+
+def test_each_of_many_requests_at_once_gets_one_entry_as_it_always_read(function, tmp_path):
+    """Made and written by each worker's log writer thread after the answers, the entries
+    read as they did when the request's thread wrote them: one a request, the same fields
+    in the same order, compact JSON, and the time of the answer, not of the writing."""
+    fn = function({"CPR_CACHE_DIR": str(tmp_path / "c"), "CPR_LOG_FORMAT": "json"}, workers=2)
+    answered = burst(fn, 60)
+    log = fn.wait_for_log(lambda log: len(answers(parsed(log))) >= 60)
+    assert clients(parsed(log)) == sorted(answered)
+    workers = child_pids(fn.proc.pid)
+    for line in (line for line in log.splitlines() if line.startswith("{")):
+        entry = json.loads(line)
+        if "httpRequest" not in entry:
+            continue
+        assert line == json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+        assert list(entry) == ENTRY_FIELDS
+        assert list(entry["httpRequest"]) == HTTP_REQUEST_FIELDS
+        assert (entry["severity"], entry["logger"]) == ("INFO", "cpr_function.http.app")
+        assert entry["pid"] in workers
+        assert (entry["model"], entry["version"], entry["instances"], entry["status"]) == (
+            "default",
+            "v1",
+            3,
+            200,
+        )
+        ms = entry["latencyMs"]
+        shown = re.fullmatch(r"POST /predict -> 200 in (\d+\.\d) ms", entry["message"])
+        assert shown and abs(float(shown[1]) - ms) <= 0.05 + 1e-9
+        latency = entry["httpRequest"].pop("latency")
+        assert re.fullmatch(r"\d+\.\d{6}s", latency) and abs(float(latency[:-1]) * 1000 - ms) < 2e-3
+        assert entry["httpRequest"] == {
+            "requestMethod": "POST",
+            "requestUrl": "/predict",
+            "status": 200,
+            "userAgent": entry["httpRequest"]["userAgent"],
+        }
+        at = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        at = at.replace(tzinfo=datetime.UTC).timestamp()
+        assert at <= answered[entry["httpRequest"]["userAgent"]], "the time of the answer"
+
+
+def test_a_graceful_stop_right_after_a_burst_loses_no_entry(function, tmp_path):
+    """Entries still waiting for the log writer when the function is stopped (SIGTERM, as
+    Cloud Run stops an instance) are written as each worker exits, once each."""
+    fn = function({"CPR_CACHE_DIR": str(tmp_path / "c"), "CPR_LOG_FORMAT": "json"}, workers=2)
+    answered = burst(fn, 100)
+    fn.stop()
+    assert fn.proc.returncode == 0
+    assert clients(entries(fn)) == sorted(answered)
+
+
+def test_a_log_reader_that_stalls_holds_up_no_request(tmp_path):
+    """The function's stderr a pipe that is full and that nobody reads: requests are
+    answered all the same, and once the pipe is read again every entry arrives, once."""
+    fifo = tmp_path / "stderr"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    env = {"CPR_CACHE_DIR": str(tmp_path / "c"), "CPR_LOG_FORMAT": "json"}
+    fn = FunctionProcess(env, fifo, threads=4)
+    read, reading = bytearray(), threading.Event()
+
+    def drain() -> None:
+        reading.wait()
+        while True:
+            select.select([reader], [], [], 0.1)
+            try:
+                chunk = os.read(reader, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return  # every writer closed it: the function has ended
+            read.extend(chunk)
+
+    draining = threading.Thread(target=drain, daemon=True)
+    draining.start()
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        fn.start()
+        first = fn.predict({"instances": IRIS}, headers={"User-Agent": "first"})
+        assert first.status_code == 200  # the model loaded, and its load logged
+        fill_pipe(filler)
+        started = time.monotonic()
+        answered = burst(fn, 200, timeout=10)
+        assert time.monotonic() - started < 30
+        reading.set()
+        deadline = time.monotonic() + 20
+        while len(logged := answers(parsed(whole_lines(read)))) < 201:
+            assert time.monotonic() < deadline, f"{len(logged)} entries of 201 arrived"
+            time.sleep(0.05)
+    finally:
+        reading.set()
+        fn.stop()
+        os.close(filler)
+        draining.join(15)
+        os.close(reader)
+    text = read.decode()
+    assert clients(parsed(text)) == sorted([*answered, "first"])
+    # Besides the filler's empty lines, gunicorn's own and the JSON ones, whole.
+    assert all(line[:1] in ("", "[", "{") for line in text.splitlines()), "no line cut into"
+    assert "were dropped" not in text
+
+
+def whole_lines(data: bytearray) -> str:
+    """What a reader has read so far, up to the last whole line."""
+    data = bytes(data)
+    return data[: data.rfind(b"\n") + 1].decode()
 
 
 def test_text_logs_when_asked(function, iris_dir, tmp_path):

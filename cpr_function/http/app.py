@@ -157,23 +157,27 @@ def load_catalog(config: Config) -> Catalog:
 
 
 def _log_request(request, status: int, seconds: float, note: dict) -> None:
-    method, path = echo(request.method), echo(request.path)
-    logs.request(
-        log,
-        f"{method} {path} -> {status} in {seconds * 1000:.1f} ms",
-        {
-            "httpRequest": {
-                "requestMethod": method,
-                "requestUrl": path,
-                "status": status,
-                "latency": f"{seconds:.6f}s",
-                "userAgent": echo(request.environ.get("HTTP_USER_AGENT", "")),
-            },
+    user_agent = request.environ.get("HTTP_USER_AGENT", "")
+    logs.request(log, _entry, request.method, request.path, status, seconds, user_agent, note)
+
+
+def _entry(
+    method: str, path: str, status: int, seconds: float, user_agent: str, note: dict
+) -> tuple[str, dict]:
+    """A request's log entry: its message and fields (made later, see `logs.request`)."""
+    method, path = echo(method), echo(path)
+    return f"{method} {path} -> {status} in {seconds * 1000:.1f} ms", {
+        "httpRequest": {
+            "requestMethod": method,
+            "requestUrl": path,
             "status": status,
-            "latencyMs": round(seconds * 1000, 3),
-            **note,
+            "latency": f"{seconds:.6f}s",
+            "userAgent": echo(user_agent),
         },
-    )
+        "status": status,
+        "latencyMs": round(seconds * 1000, 3),
+        **note,
+    }
 
 
 def _gate(config: Config):
