@@ -21,11 +21,17 @@ import warnings
 
 
 def compact() -> int:
-    """Merges neighbouring filters of the same action in place; returns how many are left."""
+    """Merges neighbouring filters of the same action in place; returns how many are left.
+
+    Only where the interpreter has the private hook that tells its C side the list
+    changed, which caches what it looked up by the list's version (3.11's does). Without
+    it the filters stay as they are, and only the speed is lost.
+    """
+    changed = getattr(warnings, "_filters_mutated", None)
     merged = merge(warnings.filters)
-    if len(merged) < len(warnings.filters):
+    if changed is not None and len(merged) < len(warnings.filters):
         warnings.filters[:] = merged
-        warnings._filters_mutated()  # the C module caches lookups by the list's version
+        changed()
     return len(warnings.filters)
 
 
