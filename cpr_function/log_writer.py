@@ -79,8 +79,9 @@ class QueuingHandler(logging.StreamHandler):
             if not self._hooked:
                 os.register_at_fork(after_in_child=self._forget)
                 self._hooked = True
-            self._writer = threading.Thread(target=self._run, name="cpr-log-writer", daemon=True)
-            self._writer.start()
+            writer = threading.Thread(target=self._run, name="cpr-log-writer", daemon=True)
+            writer.start()  # if it cannot, the next entry tries again (logs.request falls back)
+            self._writer = writer
 
     def _run(self) -> None:
         while True:
