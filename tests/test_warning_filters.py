@@ -90,6 +90,22 @@ def test_merged_filters_decide_every_warning_as_the_originals_do():
     assert differ == []
 
 
+def test_a_later_load_merges_into_filters_merged_before():
+    """A load after the first meets the list merged, with new filters in front of it."""
+    merged = warning_filters.merge(MIXED)
+    later = [
+        *_filters(("filterwarnings", {"action": "ignore", "category": Other})),
+        *merged,
+    ]
+
+    again = warning_filters.merge(later)
+
+    assert len(again) == len(merged)
+    assert all(isinstance(c, type) for f in again if isinstance(f[2], tuple) for c in f[2])
+    cases = itertools.product(MESSAGES, CATEGORIES, MODULES, LINES)
+    assert [c for c in cases if _outcome(later, *c) != _outcome(again, *c)] == []
+
+
 def test_filters_of_different_actions_or_modules_stay_apart():
     apart = _filters(
         ("filterwarnings", {"action": "ignore", "category": Custom, "module": "mod_a"}),

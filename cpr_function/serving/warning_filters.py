@@ -28,8 +28,10 @@ def compact() -> int:
     it the filters stay as they are, and only the speed is lost.
     """
     changed = getattr(warnings, "_filters_mutated", None)
+    if changed is None:
+        return len(warnings.filters)
     merged = merge(warnings.filters)
-    if changed is not None and len(merged) < len(warnings.filters):
+    if len(merged) < len(warnings.filters):
         warnings.filters[:] = merged
         changed()
     return len(warnings.filters)
@@ -53,8 +55,8 @@ def _join(first: tuple, second: tuple) -> tuple | None:
     if (action, module, lineno) != (second[0], second[3], second[4]) or module is not None:
         return None
     if message is None and second[1] is None:
-        categories = category if isinstance(category, tuple) else (category,)
-        return (action, None, (*categories, second[2]), None, lineno)
+        # Either may be merged already: a load after the first meets the list merged.
+        return (action, None, (*_categories(category), *_categories(second[2])), None, lineno)
     if (
         isinstance(message, re.Pattern)
         and isinstance(second[1], re.Pattern)
@@ -67,3 +69,7 @@ def _join(first: tuple, second: tuple) -> tuple | None:
             return None
         return (action, pattern, category, None, lineno)
     return None
+
+
+def _categories(category: type | tuple) -> tuple:
+    return category if isinstance(category, tuple) else (category,)
