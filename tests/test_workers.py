@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 import requests
@@ -50,11 +49,9 @@ def test_with_nothing_set_each_cpu_gets_a_worker_warmed_before_any_request(funct
     if cpus < 2:
         pytest.skip("needs 2 CPUs")
     fn = function({"CPR_CACHE_DIR": str(tmp_path / "cache")}, workers=None)
-    deadline = time.monotonic() + 60
-    while fn.log().count("warm-up: loading") < cpus and time.monotonic() < deadline:
-        time.sleep(0.1)
+    log = fn.wait_for_log(lambda text: text.count("warm-up: loading") >= cpus, timeout=60)
     assert len(child_pids(fn.proc.pid)) == cpus
-    entries = [json.loads(line) for line in fn.log().splitlines() if line.startswith("{")]
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     warmed = {e["pid"] for e in entries if e["message"].startswith("warm-up: loading")}
     assert warmed == child_pids(fn.proc.pid), fn.log()
     expected = iris_expected(EXAMPLES / "model", IRIS)
