@@ -26,8 +26,12 @@ def test_a_stream_that_does_not_drain_holds_up_no_queue_and_what_overflows_is_co
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     queued = BOUND + 500
     started = time.monotonic()
-    for i in range(queued):
-        handler.queue(str, i)
+    # Held here, the handler's lock keeps its writer thread from taking lines off the queue,
+    # as a writer stuck in a write to the stalled stream would; `queue` never takes it.
+    # Without it, a writer that woke during the loop took lines off and none overflowed.
+    with handler.lock:
+        for i in range(queued):
+            handler.queue(str, i)
     assert time.monotonic() - started < 5, "queued without waiting for the stream"
     read = bytearray()
     reader = threading.Thread(target=lambda: read.extend(_read_all(read_end)))
