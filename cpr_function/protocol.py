@@ -45,8 +45,20 @@ def _too_large(size, max_bytes: int) -> str:
     )
 
 
+class PlainBody(dict):
+    """A decoded body whose text holds no `{"b64": ...}` object, so `instances_of` need not
+    walk its instances to find one. The walk took 30 us for 100 instances of 4 numbers,
+    three times what orjson took to decode the body."""
+
+    __slots__ = ()
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     """Decodes a predict body, which must be a JSON object.
+
+    Returns:
+        The object; a `PlainBody` when its text cannot hold a `"b64"` key (no `b64` in it,
+        and no `\\u` escape that could spell one).
 
     Raises:
         BadRequest: the body is empty, not JSON, or not a JSON object.
@@ -71,6 +83,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
             f"request body nests arrays and objects more than {MAX_DEPTH} levels deep; "
             "flatten the instances"
         )
+    if b"b64" not in body and b"\\u" not in body:
+        return PlainBody(payload)
     return payload
 
 
@@ -116,7 +130,7 @@ def instances_of(payload: dict[str, Any], *, vertex: bool = False) -> tuple[list
         raise BadRequest(f'"instances" must be a list; received a JSON {json_type(instances)}')
     if not instances:
         raise BadRequest('"instances" is an empty list; send at least one instance')
-    instances = decode_b64(instances)
+    instances = list(instances) if isinstance(payload, PlainBody) else decode_b64(instances)
     return instances, (_parameters(fields) if vertex else fields)
 
 

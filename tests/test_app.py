@@ -78,10 +78,19 @@ def test_other_fields_become_keyword_arguments_and_b64_round_trips(kit):
     ]
 
 
-def test_b64_leaves_reach_the_predictor_as_bytes(kit):
-    payload = {"instances": [{"b64": base64.b64encode(b"\x00\xffpng").decode()}, "text"]}
-    answer = kit("Reprs").post("/", json=payload)
+@pytest.mark.parametrize("key", ["b64", "\\u0062\\u0036\\u0034", "b\\u00364"])
+def test_b64_leaves_reach_the_predictor_as_bytes(kit, key):
+    # The key as JSON may spell it: escaped, it is still the key AI Platform decoded.
+    encoded = base64.b64encode(b"\x00\xffpng").decode()
+    body = f'{{"instances": [{{"{key}": "{encoded}"}}, "text"]}}'
+    answer = kit("Reprs").post("/", data=body, content_type="application/json")
     assert answer.get_json()["predictions"] == ["b'\\x00\\xffpng'", "'text'"]
+
+
+def test_instances_without_b64_reach_the_predictor_as_sent(kit):
+    rows = [[1.5, 2], {"b65": "aGk=", "x": [None, True]}, "b\u00e9", "b 64"]
+    answer = kit("Reprs").post("/", json={"instances": rows})
+    assert answer.get_json()["predictions"] == [repr(r) for r in rows]
 
 
 def test_non_string_keys_are_encoded_as_strings(kit):
