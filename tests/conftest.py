@@ -74,6 +74,16 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> N
     raise RuntimeError(f"nothing listened on port {port} within {timeout}s")
 
 
+@pytest.fixture(autouse=True)
+def _thawed():
+    """Objects a test's in-process load froze (serving/gcpause.py) are the collector's again
+    after it: a serving process keeps what it loaded, this one moves on to other tests."""
+    yield
+    import gc
+
+    gc.unfreeze()
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
     """A gcp-storage-emulator server on loopback; yields its URL."""

@@ -14,7 +14,7 @@ from ..config import Config
 from ..errors import CprError, PredictorError, PredictTimeout, Relayed
 from ..loading.storage import Storage
 from ..shims import Shims
-from . import batching, deaths
+from . import batching, deaths, gcpause
 from .coldstart import ColdStart
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ class LazyModel:
         """Drops the loaded predictor; the next request loads it again."""
         with self._lock:
             self._predictor = None
+        gcpause.unloaded()  # its cycles were frozen with the rest of the load
 
     def _load_and_free(self):
         """`_load`, then with CPR_DELETE_AFTER_LOAD what was downloaded for it removed.
