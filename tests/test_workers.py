@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -58,3 +63,78 @@ def test_with_nothing_set_each_cpu_gets_a_worker_warmed_before_any_request(funct
     for _ in range(4):
         answer = requests.post(f"{fn.url}/", json={"instances": IRIS}, timeout=60)
         assert answer.json() == {"predictions": expected}
+
+
+def _connections_by_worker(fn) -> dict[int, int]:
+    """How many connections to the function each of its worker processes holds open."""
+    port = f":{fn.port:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(port) and fields[3] == "01":  # ESTABLISHED, this side
+            inodes.add(f"socket:[{fields[9]}]")
+    held = {}
+    for pid in child_pids(fn.proc.pid):
+        targets = []
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(fd))
+        held[pid] = sum(t in inodes for t in targets)
+    return held
+
+
+def test_connections_opened_at_once_are_spread_over_the_workers(function, tmp_path):
+    # A keep-alive client stays on the worker that took its connection: 8 taken by one of
+    # two workers leave the other core idle for as long as they send.
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("reads Linux's /proc")
+    fn = function({"CPR_CACHE_DIR": str(tmp_path / "cache")}, workers=2)
+    fn.wait_for_log(lambda text: text.count("warm-up: loading") >= 2, timeout=60)
+    expected = iris_expected(EXAMPLES / "model", IRIS[:1])
+    body = json.dumps({"instances": IRIS[:1]})
+    for burst in range(10):
+        clients = [http.client.HTTPConnection("127.0.0.1", fn.port, timeout=60) for _ in range(8)]
+        try:
+            for client in clients:
+                client.connect()
+            for client in clients:
+                client.request("POST", "/", body, {"Content-Type": "application/json"})
+            for client in clients:
+                assert json.loads(client.getresponse().read()) == {"predictions": expected}
+            held = _connections_by_worker(fn)
+            assert sum(held.values()) == 8, held
+            assert max(held.values()) - min(held.values()) <= 2, f"burst {burst}: {held}"
+        finally:
+            for client in clients:
+                client.close()
+        deadline = time.monotonic() + 10
+        while sum(_connections_by_worker(fn).values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def test_a_killed_worker_leaves_the_others_taking_every_connection(function, tmp_path):
+    # Balancing must never leave a connection waiting on a worker that is gone.
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("reads Linux's /proc")
+    fn = function({"CPR_CACHE_DIR": str(tmp_path / "cache")}, workers=2)
+    fn.wait_for_log(lambda text: text.count("warm-up: loading") >= 2, timeout=60)
+    body = json.dumps({"instances": IRIS[:1]})
+    idle = [http.client.HTTPConnection("127.0.0.1", fn.port, timeout=60) for _ in range(4)]
+    clients = [http.client.HTTPConnection("127.0.0.1", fn.port, timeout=60) for _ in range(8)]
+    try:
+        for client in idle:  # kept open, spread over both workers
+            client.request("POST", "/", body, {"Content-Type": "application/json"})
+            client.getresponse().read()
+        held = _connections_by_worker(fn)
+        victim = min(held, key=held.get)
+        os.kill(victim, signal.SIGKILL)  # as the kernel kills a process out of memory
+        started = time.monotonic()
+        for client in clients:
+            client.request("POST", "/", body, {"Content-Type": "application/json"})
+        for client in clients:
+            assert client.getresponse().status == 200
+        assert time.monotonic() - started < 20
+        assert victim not in child_pids(fn.proc.pid)
+    finally:
+        for client in idle + clients:
+            client.close()

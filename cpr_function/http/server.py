@@ -28,6 +28,7 @@ import time
 import orjson
 
 from ..errors import echo
+from . import balance
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ def install() -> None:
         self.cfg.set("limit_request_line", REQUEST_LINE_BYTES)
         bounded = _bounded_class(self.cfg.worker_class)
         if bounded is not None:
+            if balance.supported(self.cfg.worker_class) and self.cfg.workers > 1:
+                balance.prepare(self.cfg)
+                bounded = f"Balanced{bounded}"
             self.cfg.set("worker_class", f"{__name__}.{bounded}")
 
     application.load_config = load_config
@@ -60,7 +64,7 @@ def install() -> None:
 def _bounded_class(worker_class: type) -> str | None:
     """The name of this module's bounded subclass of gunicorn's worker class, if any."""
     for bounded in (BoundedTimeoutWorker, BoundedThreadWorker):
-        if issubclass(worker_class, bounded.__bases__[1]):
+        if issubclass(worker_class, bounded.__bases__[-1]):
             return bounded.__name__
     return None
 
@@ -194,3 +198,11 @@ def _timeout_worker():
 
 class BoundedTimeoutWorker(_Bounded, _timeout_worker()):
     """functions-framework's thread worker with request timeouts, with the bounds above."""
+
+
+class BalancedBoundedThreadWorker(balance.Balanced, BoundedThreadWorker):
+    """The bounded thread worker, taking its share of the connections (balance.py)."""
+
+
+class BalancedBoundedTimeoutWorker(balance.Balanced, BoundedTimeoutWorker):
+    """The bounded timeout worker, taking its share of the connections (balance.py)."""
