@@ -138,3 +138,36 @@ def test_a_killed_worker_leaves_the_others_taking_every_connection(function, tmp
     finally:
         for client in idle + clients:
             client.close()
+
+
+def _tree_pss(pid: int) -> int:
+    """Proportional memory (kB) of a process and its children: pages shared counted once."""
+    total = 0
+    for each in (pid, *child_pids(pid)):
+        for line in Path(f"/proc/{each}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_workers_share_the_framework_libraries_the_master_imported(function, tmp_path, iris_dir):
+    # scikit-learn imported once in the gunicorn master, before it forks, is one copy for
+    # every worker; a framework only found when loading (not configured) is one copy each.
+    if not Path("/proc/self/smaps_rollup").exists():
+        pytest.skip("reads Linux's /proc")
+    held = {}
+    for framework in ("scikit-learn", None):
+        env = {"CPR_ORIGIN": str(iris_dir), "CPR_CACHE_DIR": str(tmp_path / "cache")}
+        if framework:
+            env["CPR_FRAMEWORK"] = framework
+        fn = function(env, workers=2)
+        fn.wait_for_log(lambda text: text.count("warm-up: loading") >= 2, timeout=60)
+        for _ in range(20):
+            assert fn.predict({"instances": IRIS}).status_code == 200
+        held[framework] = _tree_pss(fn.proc.pid)
+        master_maps = Path(f"/proc/{fn.proc.pid}/maps").read_text()
+        assert ("/sklearn/" in master_maps) == bool(framework), framework
+        if framework:
+            assert "imported sklearn, sklearn.ensemble" in fn.log()
+        fn.stop()
+    assert held["scikit-learn"] < 0.85 * held[None], held

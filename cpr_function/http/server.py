@@ -14,6 +14,10 @@ entry point in the gunicorn master before the server is built, makes the server:
   bytes, with 408, so that a handful of slow or broken clients cannot hold every thread.
   (A connection that sends nothing waits in gunicorn's poller, on no thread.)
 
+The same hook into gunicorn's configuration also has several worker processes take equal
+shares of the connections (`balance`), and the master import the framework libraries the
+workers will share once it listens (`shared_imports`).
+
 Nothing here runs unless functions-framework's gunicorn application is what serves.
 """
 
@@ -28,7 +32,7 @@ import time
 import orjson
 
 from ..errors import echo
-from . import balance
+from . import balance, shared_imports
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,13 @@ def install() -> None:
                 balance.prepare(self.cfg)
                 bounded = f"Balanced{bounded}"
             self.cfg.set("worker_class", f"{__name__}.{bounded}")
+        ready = self.cfg.when_ready
+
+        def when_ready(server) -> None:
+            shared_imports.import_now()
+            ready(server)
+
+        self.cfg.set("when_ready", when_ready)
 
     application.load_config = load_config
     application._cpr_bounded = True
