@@ -4,7 +4,8 @@ Each worker process loads its own copy of each model, and with it its own copy o
 SciPy and scikit-learn: on 2 CPUs (two workers) serving a forest, the process tree held
 334 MB (proportional) after its first requests. Imported in the master before it forks
 the workers, the libraries' pages are shared by all of them; frozen out of the collector
-(`gc.freeze`), no collection in a worker writes to those pages and copies them. The same
+(`gc.freeze`, as after a load: `serving/gcpause.py`), no collection in a worker writes to
+those pages and copies them. The same
 tree held 238 MB (a LogisticRegression: 322 MB and 230 MB).
 
 Only the libraries of the built-in scikit-learn and XGBoost adapters, and of the bundled
@@ -17,13 +18,13 @@ as before. Nothing is imported when the master's `import main` runs (it stays li
 
 from __future__ import annotations
 
-import gc
 import importlib
 import logging
 import time
 from collections.abc import Iterable
 
 from ..catalog import VersionSpec
+from ..serving import gcpause
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,16 @@ def import_now() -> None:
         return
     start = time.perf_counter()
     imported = []
-    for name in _chosen:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - the load in the worker reports it
-            log.info("not importing %s before forking the workers: %s", name, exc)
-        else:
-            imported.append(name)
-    gc.collect()
-    gc.freeze()
+    # As for a version's load: no collection over the imports, one of what they built
+    # after, and all of it frozen (gcpause.py).
+    with gcpause.paused():
+        for name in _chosen:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # noqa: BLE001 - the load in the worker reports it
+                log.info("not importing %s before forking the workers: %s", name, exc)
+            else:
+                imported.append(name)
     log.info(
         "imported %s in %.3fs before forking the workers, to share them",
         ", ".join(imported) or "nothing",
