@@ -131,7 +131,14 @@ def instances_of(payload: dict[str, Any], *, vertex: bool = False) -> tuple[list
     if not instances:
         raise BadRequest('"instances" is an empty list; send at least one instance')
     instances = list(instances) if isinstance(payload, PlainBody) else decode_b64(instances)
-    return instances, (_parameters(fields) if vertex else fields)
+    kwargs = _parameters(fields) if vertex else fields
+    if "self" in kwargs:
+        where = '"parameters"' if vertex else "the body's top-level fields"
+        raise BadRequest(
+            f'{where} may not name "self": each becomes a keyword argument of the '
+            "predictor's predict(instances, **kwargs), whose first parameter is self"
+        )
+    return instances, kwargs
 
 
 def _parameters(fields: dict[str, Any]) -> dict[str, Any]:

@@ -116,6 +116,7 @@ BAD_BODIES = [
     (b'{"instances": []}', 400, "empty list"),
     (b'{"instances": [{"b64": "***"}]}', 400, "not valid base64"),
     (b'{"instances": [{"b64": 5}]}', 400, "must be a base64 string"),
+    (b'{"instances": [1], "self": 0}', 400, 'may not name "self"'),
     (b"[" * 5000 + b"]" * 5000, 400, "not valid JSON"),
 ]
 
