@@ -118,8 +118,7 @@ class Balanced:
         self._cpr_limit = value
 
     def run(self) -> None:
-        if _shared is not None and self._cpr_slot is not None:
-            _shared[_held(self._cpr_slot)] = self._cpr_conns
+        if _shared is not None and self._cpr_slot is not None:  # its count cleared at fork
             _shared[_pid(self._cpr_slot)] = os.getpid()  # serving from now on
         super().run()
 

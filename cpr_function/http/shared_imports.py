@@ -45,7 +45,7 @@ _EXAMPLE = ("sklearn", "sklearn.linear_model")
 _chosen: tuple[str, ...] = ()
 
 
-def choose(specs: Iterable[VersionSpec]) -> tuple[str, ...]:
+def choose(specs: Iterable[VersionSpec]) -> None:
     """Notes the libraries the versions' frameworks need, for `import_now` to import."""
     global _chosen
     chosen: dict[str, None] = {}
@@ -55,7 +55,6 @@ def choose(specs: Iterable[VersionSpec]) -> tuple[str, ...]:
         names = _EXAMPLE if spec.is_example else _BY_FRAMEWORK.get(spec.framework or "", ())
         chosen.update(dict.fromkeys(names))
     _chosen = tuple(chosen)
-    return _chosen
 
 
 def import_now() -> None:
