@@ -5,10 +5,11 @@ framework may also take this file itself as `--source`, so its imports are absol
 Importing it reads the configuration (and a models file) and nothing else: no model is
 downloaded or loaded before the first request, so the gunicorn master that imports it
 before forking workers stays light (once it listens, it imports the framework libraries
-the workers will share, see `http.shared_imports`). With CPR_WARMUP, or more than one worker, each
-worker starts loading right after the fork. It also fills in functions-framework's
-`WORKERS` and `THREADS` where unset (see `http.workers`), and bounds what a client may
-send before a request reaches the app (see `http.server`), before the server is built.
+the workers will share, see `http.shared_imports`). With CPR_WARMUP, or more than one
+worker, each worker starts loading right after the fork. It also fills in
+functions-framework's `WORKERS` and `THREADS` where unset (see `http.workers`), and
+bounds what a client may send before a request reaches the app (see `http.server`),
+before the server is built.
 """
 
 import os

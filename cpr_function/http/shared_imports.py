@@ -5,8 +5,8 @@ SciPy and scikit-learn: on 2 CPUs (two workers) serving a forest, the process tr
 334 MB (proportional) after its first requests. Imported in the master before it forks
 the workers, the libraries' pages are shared by all of them; frozen out of the collector
 (`gc.freeze`, as after a load: `serving/gcpause.py`), no collection in a worker writes to
-those pages and copies them. The same
-tree held 238 MB (a LogisticRegression: 322 MB and 230 MB).
+those pages and copies them. The same tree held 238 MB (a LogisticRegression: 322 MB and
+230 MB).
 
 Only the libraries of the built-in scikit-learn and XGBoost adapters, and of the bundled
 example, are imported here, for versions whose settings name them: importing them in a
