@@ -404,6 +404,54 @@ def test_a_job_that_cannot_run_says_why_before_any_worker_starts(
     assert not (tmp_path / "out").exists()
 
 
+# A routine that notes each load (a process id a line in $LOADS) and answers with the
+# process that predicted.
+COUNTED = """
+import os
+
+
+class Counted:
+    @classmethod
+    def from_path(cls, model_dir):
+        with open(os.environ["LOADS"], "a") as loads:
+            loads.write(f"{os.getpid()}\\n")
+        return cls()
+
+    def predict(self, instances, **kwargs):
+        return [os.getpid() for _ in instances]
+"""
+
+
+@pytest.fixture
+def counted(tmp_path):
+    """The arguments that run the counting routine, and the file of its loads."""
+    from conftest import make_tar
+
+    (tmp_path / "model").mkdir()
+    files = {"counted-0.1/counted.py": COUNTED}
+    files["counted-0.1/setup.py"] = (
+        "from setuptools import setup\n"
+        "setup(name='counted', version='0.1', py_modules=['counted'])\n"
+    )
+    package = make_tar(tmp_path / "counted-0.1.tar.gz", files)
+    (tmp_path / "in.jsonl").write_text("".join(f"[{i}]\n" for i in range(40)))
+    args = ["--model-dir", str(tmp_path / "model"), "--package-uris", str(package)]
+    args += ["--prediction-class", "counted.Counted", "--input-paths", str(tmp_path / "in.jsonl")]
+    return args, tmp_path / "loads"
+
+
+def test_one_worker_takes_the_model_the_command_checked(env, counted, tmp_path):
+    args, loads = counted
+    out = tmp_path / "out"
+    done = batch({**env, "LOADS": str(loads)}, *args, "--output-path", str(out), *IN_PROCESS)
+    assert done.returncode == 0, done.stderr
+    results, _, _ = outputs(out)
+
+    predicted_by = {r["prediction"] for r in results}
+    assert len(results) == 40 and len(predicted_by) == 1
+    assert loads.read_text().split() == [str(p) for p in predicted_by], "loaded once"
+
+
 def test_an_output_folder_holding_a_job_is_never_written_over(env, tmp_path):
     (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n")
     out = tmp_path / "out"

@@ -21,6 +21,10 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from .. import protocol
 from ..errors import ConfigError, CprError, PredictorError
 
+# Models this process loaded before Beam ran, by what their handler loads: the worker
+# running in this process, or forked from it, takes its model from here.
+_LOADED: dict[str, Any] = {}
+
 _FLAGS = {
     "origin": "model_dir",
     "package_uris": "package_uris",
@@ -111,12 +115,24 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
             return config, version_spec("batch", "v1", self._fields, lambda f: _FLAGS.get(f, f))
         return config, _from_models_file(config, models, model, version)
 
+    def preload(self) -> None:
+        """Loads the model now, for the workers that will run in this process (or be
+        forked from it) to take.
+
+        Raises:
+            CprError: the model could not be loaded.
+        """
+        _LOADED[self._key()] = self.load_model()
+
     def load_model(self):
         """The loaded model, once per worker process (Beam shares it across its threads).
 
         Raises:
             CprError: the model could not be loaded.
         """
+        loaded = _LOADED.get(self._key())
+        if loaded is not None:
+            return loaded
         from ..loading.storage import Storage
         from ..serving.model import LazyModel
 
@@ -124,6 +140,9 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
         loaded = LazyModel(spec, config, Storage.configured(config))
         loaded.get()
         return loaded
+
+    def _key(self) -> str:
+        return repr((self._fields, self._models, self._cache_dir, self._install_dependencies))
 
     def run_inference(
         self, batch: Sequence[Any], model, inference_args: dict[str, Any] | None = None

@@ -19,6 +19,14 @@ _LOCAL = {None, "DirectRunner", "FnApiRunner"}
 _SHIPPING = ("extra_packages", "setup_file", "sdk_container_image", "requirements_file")
 
 
+@dataclasses.dataclass(frozen=True)
+class Local:
+    """Beam's FnApiRunner on this machine: its worker runs in this process
+    (`in_process`), or Beam starts them as its options say."""
+
+    in_process: bool = False
+
+
 class JobFailed(Exception):
     """The job cannot start, or ran but its result fails the caller's bar; exit status 1."""
 
@@ -35,7 +43,8 @@ class Job:
 
 
 def options(beam_args: Sequence[str]):
-    """Beam's pipeline options for the job, and the runner to run it with.
+    """Beam's pipeline options for the job, and the runner to run it with: a runner's name,
+    or `Local`.
 
     With no runner named (or DirectRunner), the local FnApiRunner with one worker process
     a core (in this process when that is one): never Prism, which downloads a binary at
@@ -51,8 +60,6 @@ def options(beam_args: Sequence[str]):
     runner = opts.view_as(StandardOptions).runner
     if runner not in _LOCAL:
         return opts, runner
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
     direct = opts.view_as(DirectOptions)
     given = {a.split("=")[0] for a in beam_args}
     if "--direct_num_workers" not in given:
@@ -62,11 +69,11 @@ def options(beam_args: Sequence[str]):
         # and feed over gRPC (a fifth of the job on a 100-tree forest).
         many = direct.direct_num_workers > 1
         direct.direct_running_mode = "multi_processing" if many else "in_memory"
-    return opts, FnApiRunner()
+    return opts, Local(in_process=direct.direct_running_mode == "in_memory")
 
 
 def is_local(runner) -> bool:
-    return not isinstance(runner, str)
+    return isinstance(runner, Local)
 
 
 def check(job: Job, opts, runner) -> list[str]:
@@ -135,15 +142,18 @@ def staged_files(opts) -> list[str]:
     return sorted(role.FromString(a.role_payload).staged_name for a in artifacts)
 
 
-def load_here(job: Job) -> None:
-    """Loads the model in this process once, so that a model that cannot load fails the
-    command with the function's own message, before any worker starts.
+def load_here(job: Job, runner: Local) -> None:
+    """Loads the model in this process, so that a model that cannot load fails the command
+    with the function's own message before any worker starts. A worker running in this
+    process takes the model; for others it is let go.
 
     Raises:
         CprError: the model could not be loaded.
     """
-    model = job.handler.load_model()
-    model.unload()
+    if runner.in_process:
+        job.handler.preload()
+    else:
+        job.handler.load_model().unload()
 
 
 def run(job: Job, opts, runner, out: TextIO) -> dict:
@@ -159,7 +169,7 @@ def run(job: Job, opts, runner, out: TextIO) -> dict:
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     logging.getLogger().addFilter(_beams_resource_warning)
     start = time.perf_counter()
-    p = beam.Pipeline(runner=runner, options=opts)
+    p = beam.Pipeline(runner=_beam_runner(runner), options=opts)
     pipeline.build(
         p,
         job.handler,
@@ -184,6 +194,14 @@ def run(job: Job, opts, runner, out: TextIO) -> dict:
             f"see {job.output_path}/{pipeline.ERRORS}-*"
         )
     return summary
+
+
+def _beam_runner(runner):
+    if not is_local(runner):
+        return runner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return FnApiRunner()
 
 
 def _beams_resource_warning(record: logging.LogRecord) -> bool:

@@ -93,7 +93,7 @@ def run(args, usage) -> int:
         if args.dry_run:
             return _dry_run(job, opts, runner, files)
         if job.is_local(runner):
-            job.load_here(batch_job)
+            job.load_here(batch_job, runner)
         job.run(batch_job, opts, runner, sys.stdout)
     except ConfigError as exc:
         raise usage(str(exc)) from exc
@@ -107,7 +107,7 @@ def run(args, usage) -> int:
 
 
 def _dry_run(job, opts, runner, files) -> int:
-    name = type(runner).__name__ if job.is_local(runner) else runner
+    name = "FnApiRunner" if job.is_local(runner) else runner
     print(f"runner: {name}")
     print(f"input files: {len(files)}")
     for key, value in sorted(opts.get_all_options(drop_default=True).items()):
