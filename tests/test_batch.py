@@ -22,7 +22,9 @@ EXAMPLE = [
     "--prediction-class",
     "predictor.MyPredictor",
 ]
-TWO_WORKERS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+# Two workers forked from the command (the default on Linux), or started by Beam.
+TWO_WORKERS = ["--direct_num_workers", "2"]
+BEAMS_WORKERS = [*TWO_WORKERS, "--direct_running_mode", "multi_processing"]
 IN_PROCESS = ["--direct_num_workers", "1", "--direct_running_mode", "in_memory"]
 
 
@@ -211,7 +213,7 @@ def test_gzipped_tf_records_of_the_bundled_routine_predict_as_local_predict(env,
         env,
         *EXAMPLE,
         *("--input-paths", str(tmp_path / "in.tfrecord.gz"), "--output-path", str(out)),
-        *("--data-format", "tf-record-gzip", "--batch-size", "8", *TWO_WORKERS),
+        *("--data-format", "tf-record-gzip", "--batch-size", "8", *BEAMS_WORKERS),
     )
     assert done.returncode == 0, done.stderr
     results, errors, summary = outputs(out)
@@ -450,6 +452,87 @@ def test_one_worker_takes_the_model_the_command_checked(env, counted, tmp_path):
     predicted_by = {r["prediction"] for r in results}
     assert len(results) == 40 and len(predicted_by) == 1
     assert loads.read_text().split() == [str(p) for p in predicted_by], "loaded once"
+
+
+def test_forked_workers_load_the_model_and_the_command_does_not(env, counted, tmp_path):
+    args, loads = counted
+    out = tmp_path / "out"
+    more = ["--output-path", str(out), "--batch-size", "4", *TWO_WORKERS]
+    done = batch({**env, "LOADS": str(loads)}, *args, *more)
+    assert done.returncode == 0, done.stderr
+    results, _, _ = outputs(out)
+
+    predicted_by = {r["prediction"] for r in results}
+    assert len(results) == 40 and len(predicted_by) == 2
+    assert sorted(loads.read_text().split()) == sorted(str(p) for p in predicted_by)
+
+
+def test_forked_workers_check_the_model_loads_before_the_job_starts(env, tmp_path):
+    (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n")
+    done = batch(
+        env,
+        *("--model-dir", str(tmp_path / "nowhere"), "--framework", "scikit-learn"),
+        *("--input-paths", str(tmp_path / "in.jsonl"), "--output-path", str(tmp_path / "out")),
+        *TWO_WORKERS,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "error (500): the model cannot load: model directory" in done.stderr
+    assert "is not a directory or does not exist" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    from conftest import child_pids
+
+    found, todo = set(), [pid]
+    while todo:
+        children = child_pids(todo.pop()) - found
+        found |= children
+        todo += children
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_no_worker_outlives_the_command_even_when_it_is_killed(env, frameworks, tmp_path):
+    import signal
+    import time
+
+    model_args, good, _ = frameworks["forest"]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(good[i % 3]) + "\n" for i in range(20000)))
+    command = [sys.executable, "-m", "cpr_function", "batch-predict", *model_args]
+    command += ["--input-paths", str(path), "--output-path", str(tmp_path / "out")]
+    command += ["--batch-size", "1", *TWO_WORKERS]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    job = subprocess.Popen(command, cwd=REPO, env=env, **quiet)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while len(workers) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until Beam has started both workers (their relay commands)
+        tree = _descendants(job.pid)
+        relays = [c for c in map(_cmdline, tree) if c.startswith(f"{sys.executable} -I")]
+        workers = tree if len(relays) == 2 else set()
+    assert job.poll() is None and workers, "the job ended before both workers ran"
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {p: _cmdline(p) for p in workers if _running(p)}
+    assert not left, f"workers left running after the command was killed: {left}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def test_an_output_folder_holding_a_job_is_never_written_over(env, tmp_path):

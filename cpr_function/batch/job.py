@@ -3,9 +3,11 @@ its summary."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -21,10 +23,13 @@ _SHIPPING = ("extra_packages", "setup_file", "sdk_container_image", "requirement
 
 @dataclasses.dataclass(frozen=True)
 class Local:
-    """Beam's FnApiRunner on this machine: its worker runs in this process
-    (`in_process`), or Beam starts them as its options say."""
+    """Beam's FnApiRunner on this machine: its workers forked from this process (`forks`
+    of them, which Beam reaches by running `command`), run in this process
+    (`in_process`), or started by Beam as its options say."""
 
+    forks: int = 0
     in_process: bool = False
+    command: str | None = None
 
 
 class JobFailed(Exception):
@@ -46,9 +51,9 @@ def options(beam_args: Sequence[str]):
     """Beam's pipeline options for the job, and the runner to run it with: a runner's name,
     or `Local`.
 
-    With no runner named (or DirectRunner), the local FnApiRunner with one worker process
-    a core (in this process when that is one): never Prism, which downloads a binary at
-    run time.
+    With no runner named (or DirectRunner), the local FnApiRunner with one worker a core:
+    in this process when that is one, else processes forked from this one (on Linux).
+    Never Prism, which downloads a binary at run time.
     """
     from apache_beam.options.pipeline_options import (
         DirectOptions,
@@ -65,6 +70,10 @@ def options(beam_args: Sequence[str]):
     if "--direct_num_workers" not in given:
         direct.direct_num_workers = os.cpu_count() or 1
     if "--direct_running_mode" not in given:
+        if direct.direct_num_workers > 1 and sys.platform == "linux":
+            # Each of Beam's own worker processes would import Beam again: fork them
+            # instead (on Linux, where forking with these libraries loaded is safe).
+            return opts, Local(forks=direct.direct_num_workers)
         # One worker runs in this process: no second process to start, import Beam in
         # and feed over gRPC (a fifth of the job on a 100-tree forest).
         many = direct.direct_num_workers > 1
@@ -142,10 +151,30 @@ def staged_files(opts) -> list[str]:
     return sorted(role.FromString(a.role_payload).staged_name for a in artifacts)
 
 
+@contextlib.contextmanager
+def workers(job: Job, runner):
+    """Forks the job's workers when `runner` asks for forks, and checks that the model
+    loads in the first of them; yields the runner to run the job with. The forks end with
+    the block.
+
+    Raises:
+        CprError: the model could not be loaded.
+    """
+    if not (is_local(runner) and runner.forks):
+        yield runner
+        return
+    from .forked_workers import forked
+
+    with forked(runner.forks, job.handler.preload) as forks:
+        forks.check()
+        yield dataclasses.replace(runner, command=forks.command)
+
+
 def load_here(job: Job, runner: Local) -> None:
     """Loads the model in this process, so that a model that cannot load fails the command
     with the function's own message before any worker starts. A worker running in this
-    process takes the model; for others it is let go.
+    process takes the model; for others it is let go. (Forked workers check it themselves
+    before the job starts: `workers`.)
 
     Raises:
         CprError: the model could not be loaded.
@@ -201,7 +230,21 @@ def _beam_runner(runner):
         return runner
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    return FnApiRunner()
+    if not runner.forks:
+        return FnApiRunner()
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    # Beam warns that in_memory (its default mode, kept) runs one worker; the forks'
+    # environment below is what runs them all.
+    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(
+        _beams_in_memory_warning
+    )
+    worker = SubprocessSDKEnvironment.from_command_string(runner.command)
+    return FnApiRunner(default_environment=worker)
+
+
+def _beams_in_memory_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("If direct_num_workers is not equal to 1")
 
 
 def _beams_resource_warning(record: logging.LogRecord) -> bool:

@@ -92,9 +92,10 @@ def run(args, usage) -> int:
         files = job.check(batch_job, opts, runner)
         if args.dry_run:
             return _dry_run(job, opts, runner, files)
-        if job.is_local(runner):
-            job.load_here(batch_job, runner)
-        job.run(batch_job, opts, runner, sys.stdout)
+        with job.workers(batch_job, runner) as runner:
+            if job.is_local(runner) and not runner.forks:
+                job.load_here(batch_job, runner)
+            job.run(batch_job, opts, runner, sys.stdout)
     except ConfigError as exc:
         raise usage(str(exc)) from exc
     except job.JobFailed as exc:
@@ -109,6 +110,8 @@ def run(args, usage) -> int:
 def _dry_run(job, opts, runner, files) -> int:
     name = "FnApiRunner" if job.is_local(runner) else runner
     print(f"runner: {name}")
+    if job.is_local(runner) and runner.forks:
+        print(f"workers: {runner.forks}, forked from this process")
     print(f"input files: {len(files)}")
     for key, value in sorted(opts.get_all_options(drop_default=True).items()):
         print(f"option {key}: {value}")

@@ -1,0 +1,39 @@
+"""The command Beam's local runner starts for each worker when the workers are forked.
+
+Run as `python -I -S worker_relay.py SOCKET`: it starts in milliseconds, hands the worker's
+endpoints (the environment Beam gives it) to a process `forked_workers` made from the
+command, waits for that worker to end and exits with its status (1 when no fork is left
+to take it, or the fork ended without one). Standard library only.
+"""
+
+import json
+import os
+import socket
+import sys
+
+# What Beam's SubprocessSdkWorker puts in a worker's environment.
+_KEYS = (
+    "CONTROL_API_SERVICE_DESCRIPTOR",
+    "LOGGING_API_SERVICE_DESCRIPTOR",
+    "PIPELINE_OPTIONS",
+    "WORKER_ID",
+)
+
+
+def main(path: str) -> int:
+    relay = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        relay.connect(path)
+    except OSError as exc:
+        print(f"batch-predict: no forked worker is left at {path} ({exc})", file=sys.stderr)
+        return 1
+    endpoints = {key: os.environ[key] for key in _KEYS if key in os.environ}
+    relay.sendall(json.dumps(endpoints).encode() + b"\n")
+    status = b""
+    while chunk := relay.recv(16):
+        status += chunk
+    return int(status) if status.strip().isdigit() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
