@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, REPO, free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("apache_beam")
 
@@ -670,6 +672,56 @@ def test_the_handler_runs_in_a_users_own_pipeline(tmp_path):
     with beam.Pipeline(runner=FnApiRunner()) as p:
         results = p | beam.Create([*IRIS, "not a row"]) | RunInference(handler)
         assert_that(results, check)
+
+
+def _read_by_ranges(path: Path, size: int) -> tuple[list, list]:
+    """The ranges a file is cut into, and the records read back through them."""
+    from apache_beam.io.fileio import ReadableFile
+    from apache_beam.io.filesystem import FileMetadata
+
+    from cpr_function.batch import records
+
+    readable = ReadableFile(FileMetadata(str(path), path.stat().st_size))
+    cut = list(records.ranges(readable, "text", size))
+    read = [r for where in cut for chunk in records.chunks(where, "text", size) for r in chunk]
+    return cut, read
+
+
+LINES = st.lists(st.sampled_from(["[1]", "", "  ", "[2, 3]\r", "{oops", '"x"']), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=LINES, size=st.integers(1, 5), block=st.integers(1, 16), end=st.booleans())
+def test_ranges_read_back_every_line_with_its_number(lines, size, block, end):
+    """However a file is cut (and read in whatever blocks), its ranges hold every
+    non-blank line once, in order, numbered as in the file."""
+    import tempfile
+
+    from cpr_function.batch import records
+
+    text = "\n".join(lines) + ("\n" if end and lines else "")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "in.jsonl"
+        path.write_text(text)
+        original, records._BLOCK = records._BLOCK, block
+        try:
+            cut, read = _read_by_ranges(path, size)
+        finally:
+            records._BLOCK = original
+
+    want = [
+        ((str(path), n), line.strip().encode())
+        for n, line in enumerate(text.split("\n"), start=1)
+        if line.strip()
+    ]
+    assert read == want
+    starts = [start for _, start, _, _ in cut]
+    ends = [end for _, _, end, _ in cut]
+    assert starts == ([0, *ends[:-1]] if cut else [])
+    assert ends[-1:] == ([len(text.encode())] if text else [])
+    before = [text.encode()[:start].count(b"\n") + 1 for start in starts]
+    assert [first for *_, first in cut] == before
+    assert all((first - 1) % size == 0 for *_, first in cut), "ranges of whole chunks"
 
 
 def test_a_bad_instance_is_isolated_in_few_calls():

@@ -1,10 +1,11 @@
 """The batch-predict pipeline: input files, in chunks, through RunInference, into result
 and error shards.
 
-    Create(patterns) -> MatchAll -> ReadMatches -> chunks -> Reshuffle
+    Create(patterns) -> MatchAll -> ReadMatches -> ranges -> Reshuffle -> chunks
         -> parse -> RunInference -> lines -> WriteToText (results, errors)
 
-The Reshuffle spreads one big file's chunks over every worker. Every record ends in
+The Reshuffle spreads the ranges of one big file over every worker, which reads its own
+ranges: the records themselves never pass through the shuffle. Every record ends in
 exactly one line of the results or of the errors; the counters below say how many.
 """
 
@@ -47,8 +48,9 @@ def build(
         | "Patterns" >> beam.Create(list(input_paths))
         | "Match" >> fileio.MatchAll()
         | "Open" >> fileio.ReadMatches()
-        | "Chunk" >> beam.FlatMap(records.chunks, data_format, batch_size)
+        | "Cut" >> beam.FlatMap(records.ranges, data_format, batch_size)
         | "Spread" >> beam.Reshuffle()
+        | "Chunk" >> beam.FlatMap(records.chunks, data_format, batch_size)
     )
     parsed = chunks | "Parse" >> beam.ParDo(_Parse(binary=data_format != "text")).with_outputs(
         "unparsable", main="instances"
