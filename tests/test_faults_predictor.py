@@ -190,6 +190,31 @@ def test_a_version_killed_while_loading_is_loaded_apart_and_never_kills_the_work
     assert resource["state"] == "FAILED" and "OOM killer" in resource["errorMessage"]
 
 
+def test_a_load_stopped_with_its_function_is_not_taken_for_a_kill(function, kit, tmp_path):
+    origin, package = kit
+    loads = tmp_path / "loads"
+    env = {
+        "CPR_ORIGIN": origin,
+        "CPR_PACKAGE_URIS": package,
+        "CPR_PREDICTION_CLASS": "kit.Counting",
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        "KIT_LOG": str(loads),
+        "KIT_SLOW": "10",
+    }
+    fn = function({**env, "CPR_WARMUP": "true"})  # loaded at start, in a thread of its own
+    deadline = time.monotonic() + 30
+    while not (loads.exists() and loads.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert loads.exists(), "the warm-up load began"
+    fn.stop()  # SIGTERM, as Ctrl-C or a scale-down would send, with the load under way
+    assert not list((tmp_path / "cache" / ".loading").glob("*.json"))
+
+    again = function({**env, "KIT_SLOW": "0"})
+    assert again.predict({"instances": [[5.1, 3.5, 1.4, 0.2]]}).status_code == 200
+    status = again.version_status()
+    assert not status.get("ownProcessBecause") and not status.get("lastError"), status
+
+
 def test_at_sigterm_requests_to_a_version_apart_all_finish_within_the_grace(
     function, kit, tmp_path
 ):

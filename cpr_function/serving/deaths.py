@@ -4,13 +4,16 @@ processes after it.
 
 Each load writes `CACHE/.loading/KEY-PID-START.json` (the version, the process, and once
 listed the bytes of its model and packages) and removes it when the load ends, whether it
-succeeded or failed. A mark whose process is gone (no such pid, or a pid reused by a
-process started at another time) is a load that was killed; it stays, so that every
-worker of the instance, started before or after, keeps the version apart.
+succeeded or failed, and when its process exits normally with the load still running (a
+worker gunicorn stops while a warm-up thread loads). A mark whose process is gone (no
+such pid, or a pid reused by a process started at another time) is a load that was
+killed; it stays, so that every worker of the instance, started before or after, keeps
+the version apart.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -23,6 +26,9 @@ from pathlib import Path
 
 _FOLDER = ".loading"
 _HOST = socket.gethostname()
+# The marks of the loads under way, with the process that made each: a process forked
+# from one that was loading holds a copy of this set, but not those loads.
+_UNDER_WAY: set[tuple[int, Path]] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +74,22 @@ def loading(cache: Path, key: str, model: str, version: str) -> Iterator[Mark]:
     except OSError:
         yield Mark(None, {})  # unmarked: an unwritable cache fails the load elsewhere
         return
+    _UNDER_WAY.add((pid, path))
     try:
         yield Mark(path, fields)
     finally:
+        _UNDER_WAY.discard((pid, path))
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+@atexit.register
+def _exiting() -> None:
+    """A process exiting normally was not killed, whatever its loads: its marks go."""
+    for pid, path in list(_UNDER_WAY):
+        if pid == os.getpid():
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def killed(cache: Path, key: str) -> Death | None:
