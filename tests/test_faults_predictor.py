@@ -169,6 +169,10 @@ def test_a_version_killed_while_loading_is_loaded_apart_and_never_kills_the_work
     # Known as soon as the new worker is asked, before any request to it.
     noticed = fn.version_status("kit", "hog")
     assert noticed["loaded"] is False and "most likely for memory" in noticed["lastError"]
+    assert (
+        "s ago (pid " in noticed["lastError"]
+        and "ended before the load did" in noticed["lastError"]
+    )
 
     with ThreadPoolExecutor(8) as pool:
         hogs = [pool.submit(fn.predict, {"instances": [1]}, path=_on("hog")) for _ in range(3)]

@@ -42,8 +42,8 @@ class Death:
     def describe(self) -> str:
         size = f"; its model and packages are {shown(self.bytes)}" if self.bytes else ""
         return (
-            f"a process loading it (pid {self.pid}) was killed "
-            f"{max(0, round(time.time() - self.started))} s after it began, most likely for "
+            f"a process that began loading it {max(0, round(time.time() - self.started))} s "
+            f"ago (pid {self.pid}) ended before the load did: it was killed, most likely for "
             f"memory by the kernel's OOM killer{size}"
         )
 
