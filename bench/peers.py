@@ -3,6 +3,7 @@
 Usage: python bench/peers.py [--seconds 3] [--rounds 3] [--models example,forest]
                              [--connections 1,8,32] [--sizes 1,100] [--generator python|wrk]
                              [--venvs DIR] [--no-batching] [--requests 1000]
+                             [--first-answers-only]
 
 Two models are fitted here on iris and saved once with joblib: `example`, a
 LogisticRegression (the bundled example's kind), and `forest`, a 100-tree random forest.
@@ -30,6 +31,10 @@ tree after --requests requests, resident (each process's pages in full) and prop
 (pages shared between processes counted once, as an instance's memory limit counts them).
 Ratios are ours over theirs (higher is better for throughput, lower for latency, start and
 memory); ranges are over rounds.
+
+With `--first-answers-only`, only the start to first answer is measured, `--rounds` times
+for each server and model (every default), the order turning each round: one start a
+configuration, as the full run takes, is a single sample on a noisy host.
 """
 
 from __future__ import annotations
@@ -367,6 +372,9 @@ def main() -> None:
     parser.add_argument("--venvs", type=Path, help="keep the peers' virtualenvs here")
     parser.add_argument("--no-batching", action="store_true", help="only every default")
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument(
+        "--first-answers-only", action="store_true", help="only start to first answer, --rounds"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import sklearn
@@ -392,7 +400,31 @@ def main() -> None:
             f"{sklearn.__version__} in all three; load from {args.generator}",
             flush=True,
         )
-        run(args, work, pythons, fit(work))
+        (first_answers if args.first_answers_only else run)(args, work, pythons, fit(work))
+
+
+def first_answers(args, work: Path, pythons: dict, models: dict) -> None:
+    """Start to first answer, every default, `args.rounds` times a side, order turning."""
+    rows = json.loads(json.dumps(_iris_rows()))[:1]
+    sides = ("ours", *PEERS)
+    for name in args.models:
+        times: dict[str, list[float]] = {side: [] for side in sides}
+        for round_ in range(args.rounds):
+            for side in sides[round_ % len(sides) :] + sides[: round_ % len(sides)]:
+                server = start(side, pythons, models[name], work, batching=False)
+                try:
+                    times[side].append(first_answer(server, rows))
+                finally:
+                    server.stop()
+        med = {side: statistics.median(t) for side, t in times.items()}
+        shown = [f"{s} {med[s]:.3f} ({min(times[s]):.2f}-{max(times[s]):.2f})" for s in sides]
+        print(
+            f"\n{name}: start to first answer, {args.rounds} rounds, medians (s): "
+            + ", ".join(shown)
+            + "; ratio ours/theirs: "
+            + ", ".join(f"{p} {med['ours'] / med[p]:.2f}x" for p in PEERS),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
