@@ -423,6 +423,19 @@ class Counted:
 
     def predict(self, instances, **kwargs):
         return [os.getpid() for _ in instances]
+
+
+class ModelCorrupt(Exception):
+    pass
+
+
+class Broken:
+    @classmethod
+    def from_path(cls, model_dir):
+        raise ModelCorrupt("the weights are truncated")
+
+    def predict(self, instances, **kwargs):
+        return instances
 """
 
 
@@ -480,6 +493,19 @@ def test_forked_workers_check_the_model_loads_before_the_job_starts(env, tmp_pat
     assert done.returncode == 1, done.stderr
     assert "error (500): the model cannot load: model directory" in done.stderr
     assert "is not a directory or does not exist" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_routine_failing_in_forked_workers_fails_the_command_with_its_error(
+    env, counted, tmp_path
+):
+    args, _ = counted
+    args = [("counted.Broken" if a == "counted.Counted" else a) for a in args]
+    done = batch(env, *args, "--output-path", str(tmp_path / "out"), *TWO_WORKERS)
+    assert done.returncode == 1, done.stderr
+    assert "error (500): the model cannot load: " in done.stderr
+    assert "ModelCorrupt" in done.stderr and "the weights are truncated" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import LoadError
+from ..errors import CprError, LoadError
 
 _RELAY = Path(__file__).with_name("worker_relay.py")
 _LOADED = b"loaded"
@@ -50,7 +50,7 @@ class Forks:
         """Waits for the first fork to load the model.
 
         Raises:
-            CprError: what loading the model raised there (any other exception as it was).
+            CprError: what loading the model raised there.
         """
         with os.fdopen(self._report, "rb", closefd=False) as report:
             outcome = report.read()
@@ -58,7 +58,7 @@ class Forks:
             return
         if not outcome:
             raise LoadError("the worker process loading the model ended before it finished")
-        raise pickle.loads(outcome)
+        raise pickle.loads(outcome)  # a CprError: its class is this package's
 
 
 @contextlib.contextmanager
@@ -93,7 +93,7 @@ def forked(count: int, load: Callable[[], object]) -> Iterator[Forks]:
                     _child(listener, alive_read, load, report_write if index == 0 else None)
                 pids.append(pid)
             os.close(report_write)
-            listener.close()  # the forks hold it: once each has a worker, relays fall back
+            listener.close()  # the forks hold it: once each has a worker, it is gone
             command = shlex.join([sys.executable, "-I", "-S", str(_RELAY), path])
             yield Forks(command, report_read)
         finally:
@@ -123,15 +123,19 @@ def _child(
 
 
 def _loaded(load: Callable[[], object]) -> bytes:
-    """`_LOADED`, or the exception `load` raised, pickled. A worker whose load failed
-    meets the same error again when Beam asks it for the model, and reports it there."""
+    """`_LOADED`, or the error `load` raised, pickled: a CprError as it was, any other as a
+    LoadError saying what it was (its class may live in a package only the fork has
+    imported). A worker whose load failed meets the same error again when Beam asks it
+    for the model, and reports it there."""
     try:
         load()
-    except Exception as exc:  # noqa: BLE001 - handed to the command as it was raised
+    except CprError as exc:
         try:
             return pickle.dumps(exc)
-        except Exception:  # noqa: BLE001 - an exception that does not pickle
-            return pickle.dumps(LoadError(f"{type(exc).__name__}: {exc}"))
+        except Exception:  # noqa: BLE001 - a subclass that does not pickle
+            return pickle.dumps(LoadError(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported to the command, which exits 1
+        return pickle.dumps(LoadError(f"{type(exc).__name__}: {exc}"))
     return _LOADED
 
 
