@@ -425,6 +425,20 @@ class Counted:
         return [os.getpid() for _ in instances]
 
 
+class Sized:
+    # Answers each instance with the size of the call it came in.
+    @classmethod
+    def from_path(cls, model_dir):
+        return cls()
+
+    def predict(self, instances, **kwargs):
+        return [len(instances) for _ in instances]
+
+
+class SizedBatchable(Sized):
+    batchable = True
+
+
 class ModelCorrupt(Exception):
     pass
 
@@ -507,6 +521,26 @@ def test_a_routine_failing_in_forked_workers_fails_the_command_with_its_error(
     assert "ModelCorrupt" in done.stderr and "the weights are truncated" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("workers", [IN_PROCESS, TWO_WORKERS, BEAMS_WORKERS])
+@pytest.mark.parametrize("cls,size", [("Sized", 64), ("SizedBatchable", 1024)])
+def test_calls_are_as_large_as_the_predictor_allows_unless_told(
+    env, counted, tmp_path, workers, cls, size
+):
+    args, _ = counted
+    args = [(f"counted.{cls}" if a == "counted.Counted" else a) for a in args]
+    (tmp_path / "in.jsonl").write_text("".join(f"[{i}]\n" for i in range(2100)))
+    done = batch(env, *args, "--output-path", str(tmp_path / "out"), *workers)
+    assert done.returncode == 0, done.stderr
+    results, _, summary = outputs(tmp_path / "out")
+    assert len(results) == 2100 and summary["batchSize"] == size
+    assert max(r["prediction"] for r in results) == size
+
+    told = batch(env, *args, "--output-path", str(tmp_path / "told"), "--batch-size", "100")
+    assert told.returncode == 0, told.stderr
+    results, _, summary = outputs(tmp_path / "told")
+    assert max(r["prediction"] for r in results) == 100 == summary["batchSize"]
 
 
 def _descendants(pid: int) -> set[int]:

@@ -5,8 +5,8 @@ that imports Beam (about 1 s of a core) before it loads the model. `forked(count
 forks `count` processes from this one instead, while it has Beam imported but no gRPC
 channel or server made yet, and no model loaded (a model's runtime, TensorFlow's or
 OpenMP's threads, need not survive a fork). Each fork calls `load` at once; the first
-fork's outcome is the command's check that the model loads (`Forks.check`), so the
-model is loaded once per worker and never in the command.
+fork's outcome is the command's check that the model loads, and what it says of the
+model (`Forks.check`), so the model is loaded once per worker and never in the command.
 
 The command Beam runs for a worker is `worker_relay.py`, which starts in milliseconds,
 hands the worker's endpoints to one of the forks and waits for it; the fork runs Beam's
@@ -36,7 +36,6 @@ from pathlib import Path
 from ..errors import CprError, LoadError
 
 _RELAY = Path(__file__).with_name("worker_relay.py")
-_LOADED = b"loaded"
 
 
 @dataclasses.dataclass
@@ -46,19 +45,20 @@ class Forks:
     command: str
     _report: int  # the first fork writes its load's outcome here
 
-    def check(self) -> None:
-        """Waits for the first fork to load the model.
+    def check(self) -> object:
+        """Waits for the first fork to load the model; what its `load()` returned.
 
         Raises:
             CprError: what loading the model raised there.
         """
         with os.fdopen(self._report, "rb", closefd=False) as report:
             outcome = report.read()
-        if outcome == _LOADED:
-            return
         if not outcome:
             raise LoadError("the worker process loading the model ended before it finished")
-        raise pickle.loads(outcome)  # a CprError: its class is this package's
+        loaded, value = pickle.loads(outcome)
+        if not loaded:
+            raise value  # a CprError: its class is this package's
+        return value
 
 
 @contextlib.contextmanager
@@ -123,20 +123,19 @@ def _child(
 
 
 def _loaded(load: Callable[[], object]) -> bytes:
-    """`_LOADED`, or the error `load` raised, pickled: a CprError as it was, any other as a
-    LoadError saying what it was (its class may live in a package only the fork has
-    imported). A worker whose load failed meets the same error again when Beam asks it
-    for the model, and reports it there."""
+    """`(True, what load() returned)`, or `(False, the error it raised)`, pickled: a
+    CprError as it was, any other as a LoadError saying what it was (its class may live in
+    a package only the fork has imported). A worker whose load failed meets the same error
+    again when Beam asks it for the model, and reports it there."""
     try:
-        load()
+        return pickle.dumps((True, load()))
     except CprError as exc:
         try:
-            return pickle.dumps(exc)
+            return pickle.dumps((False, exc))
         except Exception:  # noqa: BLE001 - a subclass that does not pickle
-            return pickle.dumps(LoadError(str(exc)))
+            return pickle.dumps((False, LoadError(str(exc))))
     except Exception as exc:  # noqa: BLE001 - reported to the command, which exits 1
-        return pickle.dumps(LoadError(f"{type(exc).__name__}: {exc}"))
-    return _LOADED
+        return pickle.dumps((False, LoadError(f"{type(exc).__name__}: {exc}")))
 
 
 def _accept(listener: socket.socket, alive: int) -> socket.socket | None:

@@ -115,14 +115,15 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
             return config, version_spec("batch", "v1", self._fields, lambda f: _FLAGS.get(f, f))
         return config, _from_models_file(config, models, model, version)
 
-    def preload(self) -> None:
+    def preload(self) -> bool:
         """Loads the model now, for the workers that will run in this process (or be
-        forked from it) to take.
+        forked from it) to take; whether its predictor declares itself batchable.
 
         Raises:
             CprError: the model could not be loaded.
         """
-        _LOADED[self._key()] = self.load_model()
+        model = _LOADED[self._key()] = self.load_model()
+        return batchable(model)
 
     def load_model(self):
         """The loaded model, once per worker process (Beam shares it across its threads).
@@ -161,6 +162,15 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
 
     def get_metrics_namespace(self) -> str:
         return "cpr_function"
+
+
+def batchable(model) -> bool:
+    """Whether the loaded model's predictor says `batchable = True` (the built-in
+    scikit-learn and XGBoost adapters do): its answers are the same however its instances
+    are split into calls, so larger calls change nothing but the speed."""
+    from ..serving.batching import Batched
+
+    return isinstance(model.get(), Batched)
 
 
 def isolate(predict: Callable[[list], list], instances: list) -> list:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from . import pipeline
-from .handler import CprModelHandler
+from .handler import CprModelHandler, batchable
 
 SUMMARY = "prediction.summary.json"
 _LOCAL = {None, "DirectRunner", "FnApiRunner"}
@@ -21,15 +21,24 @@ _LOCAL = {None, "DirectRunner", "FnApiRunner"}
 _SHIPPING = ("extra_packages", "setup_file", "sdk_container_image", "requirements_file")
 
 
+# Instances a predict call takes when --batch-size is not given: gcloud's default, or
+# micro-batching's largest merged call for a predictor that declares itself batchable
+# (checked by loading it on this machine before the job).
+BATCH_SIZE = 64
+BATCHABLE_SIZE = 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class Local:
     """Beam's FnApiRunner on this machine: its workers forked from this process (`forks`
     of them, which Beam reaches by running `command`), run in this process
-    (`in_process`), or started by Beam as its options say."""
+    (`in_process`), or started by Beam as its options say. `batchable` is what the
+    model's check found its predictor to say."""
 
     forks: int = 0
     in_process: bool = False
     command: str | None = None
+    batchable: bool = False
 
 
 class JobFailed(Exception):
@@ -42,7 +51,7 @@ class Job:
     input_paths: tuple[str, ...]
     output_path: str
     data_format: str = "text"
-    batch_size: int = 64
+    batch_size: int | None = None  # None: BATCH_SIZE, or BATCHABLE_SIZE (see batch_size)
     max_error_rate: float | None = None
     beam_args: tuple[str, ...] = ()
 
@@ -166,23 +175,34 @@ def workers(job: Job, runner):
     from .forked_workers import forked
 
     with forked(runner.forks, job.handler.preload) as forks:
-        forks.check()
-        yield dataclasses.replace(runner, command=forks.command)
+        batchable = bool(forks.check())
+        yield dataclasses.replace(runner, command=forks.command, batchable=batchable)
 
 
-def load_here(job: Job, runner: Local) -> None:
+def load_here(job: Job, runner: Local) -> Local:
     """Loads the model in this process, so that a model that cannot load fails the command
-    with the function's own message before any worker starts. A worker running in this
-    process takes the model; for others it is let go. (Forked workers check it themselves
-    before the job starts: `workers`.)
+    with the function's own message before any worker starts; `runner` with what the load
+    found. A worker running in this process takes the model; for others it is let go.
+    (Forked workers check it themselves before the job starts: `workers`.)
 
     Raises:
         CprError: the model could not be loaded.
     """
     if runner.in_process:
-        job.handler.preload()
-    else:
-        job.handler.load_model().unload()
+        return dataclasses.replace(runner, batchable=job.handler.preload())
+    model = job.handler.load_model()
+    found = batchable(model)
+    model.unload()
+    return dataclasses.replace(runner, batchable=found)
+
+
+def batch_size(job: Job, runner) -> int:
+    """Instances a predict call takes: --batch-size, else 64 (gcloud's default), or 1024
+    for a predictor whose check on this machine found it batchable (on a remote runner the
+    command loads nothing, so 64)."""
+    if job.batch_size is not None:
+        return job.batch_size
+    return BATCHABLE_SIZE if is_local(runner) and runner.batchable else BATCH_SIZE
 
 
 def run(job: Job, opts, runner, out: TextIO) -> dict:
@@ -198,6 +218,7 @@ def run(job: Job, opts, runner, out: TextIO) -> dict:
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     logging.getLogger().addFilter(_beams_resource_warning)
     start = time.perf_counter()
+    size = batch_size(job, runner)
     p = beam.Pipeline(runner=_beam_runner(runner), options=opts)
     pipeline.build(
         p,
@@ -205,11 +226,11 @@ def run(job: Job, opts, runner, out: TextIO) -> dict:
         input_paths=job.input_paths,
         data_format=job.data_format,
         output_path=job.output_path,
-        batch_size=job.batch_size,
+        batch_size=size,
     )
     result = p.run()
     result.wait_until_finish()
-    summary = _summary(job, result, time.perf_counter() - start)
+    summary = _summary(job, result, time.perf_counter() - start, size)
     _write_summary(job.output_path, summary)
     for key, value in summary.items():
         print(f"{key}: {value}", file=out)
@@ -253,7 +274,7 @@ def _beams_resource_warning(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Resource module is not available")
 
 
-def _summary(job: Job, result, seconds: float) -> dict:
+def _summary(job: Job, result, seconds: float, size: int) -> dict:
     counts = dict.fromkeys(
         (pipeline.READ, pipeline.UNPARSABLE, pipeline.PREDICTED, pipeline.FAILED), 0
     )
@@ -271,6 +292,7 @@ def _summary(job: Job, result, seconds: float) -> dict:
         "unparsable": counts[pipeline.UNPARSABLE],
         "seconds": round(seconds, 3),
         "instancesPerSecond": round(counts[pipeline.READ] / seconds, 1) if seconds else 0.0,
+        "batchSize": size,
         "inputPaths": list(job.input_paths),
         "outputPath": job.output_path,
     }

@@ -35,7 +35,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--data-format", choices=("text", "tf-record", "tf-record-gzip"), default="text"
     )
     parser.add_argument(
-        "--batch-size", type=positive, default=64, help="instances per predict call, at most"
+        "--batch-size",
+        type=positive,
+        help="instances per predict call, at most (64; 1024 for a predictor that declares "
+        "batchable = True, such as the built-in scikit-learn and XGBoost adapters)",
     )
     parser.add_argument("--signature-name", help="the SavedModel signature to call")
     parser.add_argument(
@@ -94,7 +97,7 @@ def run(args, usage) -> int:
             return _dry_run(job, opts, runner, files)
         with job.workers(batch_job, runner) as runner:
             if job.is_local(runner) and not runner.forks:
-                job.load_here(batch_job, runner)
+                runner = job.load_here(batch_job, runner)
             job.run(batch_job, opts, runner, sys.stdout)
     except ConfigError as exc:
         raise usage(str(exc)) from exc
