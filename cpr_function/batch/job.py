@@ -161,39 +161,32 @@ def staged_files(opts) -> list[str]:
 
 
 @contextlib.contextmanager
-def workers(job: Job, runner):
-    """Forks the job's workers when `runner` asks for forks, and checks that the model
-    loads in the first of them; yields the runner to run the job with. The forks end with
-    the block.
+def checked(job: Job, runner):
+    """Checks that the model loads on this machine before the job starts, so that one that
+    cannot fails the command with the function's own message; yields `runner` with what
+    the check found. With forks, they are forked first and the first of them checks (they
+    end with the block); otherwise this process loads the model, keeping it for a worker
+    that runs here and letting it go for Beam's own worker processes. A remote runner is
+    yielded as it is: nothing is loaded here for it.
 
     Raises:
         CprError: the model could not be loaded.
     """
-    if not (is_local(runner) and runner.forks):
+    if not is_local(runner):
         yield runner
-        return
-    from .forked_workers import forked
+    elif runner.forks:
+        from .forked_workers import forked
 
-    with forked(runner.forks, job.handler.preload) as forks:
-        batchable = bool(forks.check())
-        yield dataclasses.replace(runner, command=forks.command, batchable=batchable)
-
-
-def load_here(job: Job, runner: Local) -> Local:
-    """Loads the model in this process, so that a model that cannot load fails the command
-    with the function's own message before any worker starts; `runner` with what the load
-    found. A worker running in this process takes the model; for others it is let go.
-    (Forked workers check it themselves before the job starts: `workers`.)
-
-    Raises:
-        CprError: the model could not be loaded.
-    """
-    if runner.in_process:
-        return dataclasses.replace(runner, batchable=job.handler.preload())
-    model = job.handler.load_model()
-    found = batchable(model)
-    model.unload()
-    return dataclasses.replace(runner, batchable=found)
+        with forked(runner.forks, job.handler.preload) as forks:
+            found = bool(forks.check())
+            yield dataclasses.replace(runner, command=forks.command, batchable=found)
+    elif runner.in_process:
+        yield dataclasses.replace(runner, batchable=job.handler.preload())
+    else:
+        model = job.handler.load_model()
+        found = batchable(model)
+        model.unload()
+        yield dataclasses.replace(runner, batchable=found)
 
 
 def batch_size(job: Job, runner) -> int:

@@ -95,9 +95,7 @@ def run(args, usage) -> int:
         files = job.check(batch_job, opts, runner)
         if args.dry_run:
             return _dry_run(job, opts, runner, files)
-        with job.workers(batch_job, runner) as runner:
-            if job.is_local(runner) and not runner.forks:
-                runner = job.load_here(batch_job, runner)
+        with job.checked(batch_job, runner) as runner:
             job.run(batch_job, opts, runner, sys.stdout)
     except ConfigError as exc:
         raise usage(str(exc)) from exc
