@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from ..config import Config
 from . import pipeline
 from .handler import CprModelHandler, batchable
 
@@ -22,10 +23,10 @@ _SHIPPING = ("extra_packages", "setup_file", "sdk_container_image", "requirement
 
 
 # Instances a predict call takes when --batch-size is not given: gcloud's default, or
-# micro-batching's largest merged call for a predictor that declares itself batchable
-# (checked by loading it on this machine before the job).
+# micro-batching's largest merged call (by default) for a predictor that declares itself
+# batchable (checked by loading it on this machine before the job).
 BATCH_SIZE = 64
-BATCHABLE_SIZE = 1024
+BATCHABLE_SIZE = Config.microbatch_max_size
 
 
 @dataclasses.dataclass(frozen=True)
