@@ -543,6 +543,40 @@ def test_calls_are_as_large_as_the_predictor_allows_unless_told(
     assert max(r["prediction"] for r in results) == 100 == summary["batchSize"]
 
 
+@pytest.mark.parametrize(
+    "cls,fields,size",
+    [
+        ("SizedBatchable", {"microbatch_max_size": 300}, 300),
+        ("SizedBatchable", {"microbatch": "false"}, 64),
+        ("Sized", {"microbatch": "all", "microbatch_max_size": 200}, 200),
+    ],
+)
+def test_calls_follow_the_versions_own_micro_batching_in_a_models_file(
+    env, counted, tmp_path, cls, fields, size
+):
+    from routine_source import models_file
+
+    args, _ = counted
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    version = {
+        "origin": flags["--model-dir"],
+        "package_uris": [flags["--package-uris"]],
+        "prediction_class": f"counted.{cls}",
+        **fields,
+    }
+    models = models_file(tmp_path, {"sized": {"versions": {"v1": version}}})
+    (tmp_path / "in.jsonl").write_text("".join(f"[{i}]\n" for i in range(700)))
+    done = batch(
+        env,
+        *("--models", models, "--model", "sized", "--input-paths", flags["--input-paths"]),
+        *("--output-path", str(tmp_path / "out"), *IN_PROCESS),
+    )
+    assert done.returncode == 0, done.stderr
+    results, _, summary = outputs(tmp_path / "out")
+    assert len(results) == 700 and summary["batchSize"] == size
+    assert max(r["prediction"] for r in results) == size
+
+
 def _descendants(pid: int) -> set[int]:
     from conftest import child_pids
 

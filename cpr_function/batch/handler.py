@@ -115,15 +115,15 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
             return config, version_spec("batch", "v1", self._fields, lambda f: _FLAGS.get(f, f))
         return config, _from_models_file(config, models, model, version)
 
-    def preload(self) -> bool:
+    def preload(self) -> int | None:
         """Loads the model now, for the workers that will run in this process (or be
-        forked from it) to take; whether its predictor declares itself batchable.
+        forked from it) to take; the call size it allows (`call_size`).
 
         Raises:
             CprError: the model could not be loaded.
         """
         model = _LOADED[self._key()] = self.load_model()
-        return batchable(model)
+        return call_size(model)
 
     def load_model(self):
         """The loaded model, once per worker process (Beam shares it across its threads).
@@ -164,13 +164,17 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
         return "cpr_function"
 
 
-def batchable(model) -> bool:
-    """Whether the loaded model's predictor says `batchable = True` (the built-in
-    scikit-learn and XGBoost adapters do): its answers are the same however its instances
-    are split into calls, so larger calls change nothing but the speed."""
+def call_size(model) -> int | None:
+    """The most instances the function would give the loaded model's predictor in one
+    call when it merges requests: its version's `microbatch_max_size` in a models file,
+    1024 by default. The function merges them for a predictor that says `batchable = True`
+    (the built-in scikit-learn and XGBoost adapters do: their answers are the same however
+    the instances are split into calls) or a version that says `microbatch: all`. None
+    when it does not merge them."""
     from ..serving.batching import Batched
 
-    return isinstance(model.get(), Batched)
+    served = model.get()
+    return served.batcher.max_size if isinstance(served, Batched) else None
 
 
 def isolate(predict: Callable[[list], list], instances: list) -> list:

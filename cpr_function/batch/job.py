@@ -12,9 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from ..config import Config
 from . import pipeline
-from .handler import CprModelHandler, batchable
+from .handler import CprModelHandler, call_size
 
 SUMMARY = "prediction.summary.json"
 _LOCAL = {None, "DirectRunner", "FnApiRunner"}
@@ -22,24 +21,22 @@ _LOCAL = {None, "DirectRunner", "FnApiRunner"}
 _SHIPPING = ("extra_packages", "setup_file", "sdk_container_image", "requirements_file")
 
 
-# Instances a predict call takes when --batch-size is not given: gcloud's default, or
-# micro-batching's largest merged call (by default) for a predictor that declares itself
-# batchable (checked by loading it on this machine before the job).
+# Instances a predict call takes when --batch-size is not given and the model's check
+# found no larger call size (`handler.call_size`): gcloud's default.
 BATCH_SIZE = 64
-BATCHABLE_SIZE = Config.microbatch_max_size
 
 
 @dataclasses.dataclass(frozen=True)
 class Local:
     """Beam's FnApiRunner on this machine: its workers forked from this process (`forks`
     of them, which Beam reaches by running `command`), run in this process
-    (`in_process`), or started by Beam as its options say. `batchable` is what the
-    model's check found its predictor to say."""
+    (`in_process`), or started by Beam as its options say. `call_size` is what the
+    model's check found its predictor to take in one call (`handler.call_size`)."""
 
     forks: int = 0
     in_process: bool = False
     command: str | None = None
-    batchable: bool = False
+    call_size: int | None = None
 
 
 class JobFailed(Exception):
@@ -52,7 +49,7 @@ class Job:
     input_paths: tuple[str, ...]
     output_path: str
     data_format: str = "text"
-    batch_size: int | None = None  # None: BATCH_SIZE, or BATCHABLE_SIZE (see batch_size)
+    batch_size: int | None = None  # None: as the model's check finds (see batch_size)
     max_error_rate: float | None = None
     beam_args: tuple[str, ...] = ()
 
@@ -179,24 +176,26 @@ def checked(job: Job, runner):
         from .forked_workers import forked
 
         with forked(runner.forks, job.handler.preload) as forks:
-            found = bool(forks.check())
-            yield dataclasses.replace(runner, command=forks.command, batchable=found)
+            found = forks.check()
+            yield dataclasses.replace(runner, command=forks.command, call_size=found)
     elif runner.in_process:
-        yield dataclasses.replace(runner, batchable=job.handler.preload())
+        yield dataclasses.replace(runner, call_size=job.handler.preload())
     else:
         model = job.handler.load_model()
-        found = batchable(model)
+        found = call_size(model)
         model.unload()
-        yield dataclasses.replace(runner, batchable=found)
+        yield dataclasses.replace(runner, call_size=found)
 
 
 def batch_size(job: Job, runner) -> int:
-    """Instances a predict call takes: --batch-size, else 64 (gcloud's default), or 1024
-    for a predictor whose check on this machine found it batchable (on a remote runner the
-    command loads nothing, so 64)."""
+    """Instances a predict call takes: --batch-size; else, for a predictor whose check on
+    this machine found it takes merged calls, the size the function merges its requests
+    to (1024 unless its version says otherwise); else 64, gcloud's default (on a remote
+    runner the command loads nothing, so 64)."""
     if job.batch_size is not None:
         return job.batch_size
-    return BATCHABLE_SIZE if is_local(runner) and runner.batchable else BATCH_SIZE
+    found = runner.call_size if is_local(runner) else None
+    return found or BATCH_SIZE
 
 
 def run(job: Job, opts, runner, out: TextIO) -> dict:

@@ -37,8 +37,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size",
         type=positive,
-        help="instances per predict call, at most (64; 1024 for a predictor that declares "
-        "batchable = True, such as the built-in scikit-learn and XGBoost adapters)",
+        help="instances per predict call, at most (64; for a model whose requests the "
+        "function merges, such as the built-in scikit-learn and XGBoost adapters, the most it "
+        "merges: 1024 or its models-file version's microbatch_max_size)",
     )
     parser.add_argument("--signature-name", help="the SavedModel signature to call")
     parser.add_argument(
