@@ -6,13 +6,16 @@ contracts; faults come from a real loopback HTTP server in front of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -321,6 +324,71 @@ def test_the_cli_end_to_end(upstream, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout == "" and run.stderr == ""
     assert [json.loads(x) for x in output.read_text().splitlines()] == [repr(i) for i in range(250)]
+
+
+def test_the_cli_sends_stdin_as_it_comes(upstream, proxy):
+    counting = proxy()
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "cpr_function", "predict", "--json-instances", "-"]
+        + ["--url", f"{counting.url}/v1/projects/p/models/reprs:predict", "--batch-size", "10"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        cli.stdin.write(b"".join(b"%d\n" % i for i in range(30)))
+        cli.stdin.flush()
+        deadline = time.monotonic() + 60
+        while counting.calls < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counting.batches[:2] == [10, 10], "the first batches went before stdin ended"
+        cli.stdin.write(b"".join(b"%d\n" % i for i in range(30, 45)))
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert cli.returncode == 0, err
+    assert [json.loads(x) for x in out.splitlines()] == [repr(i) for i in range(45)]
+    assert sorted(counting.batches) == [5] + [10] * 4
+    assert b"45 instances" in err or b"45it" in err, "progress, with no total to show"
+
+
+def test_the_cli_holds_no_more_memory_for_a_longer_file(upstream, tmp_path):
+    # Before, it read, parsed and encoded the whole file before sending any of it: for two
+    # million rows of 20 features, 8.6 GB. Only the predictions (a few bytes each) and the
+    # batches in flight stay now.
+    def peak_kb(count: int) -> int:
+        lines = tmp_path / f"rows-{count}.jsonl"
+        lines.write_text("".join(json.dumps(r) + "\n" for r in rows(count)))
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "cpr_function", "predict", "--json-instances", str(lines)]
+            + ["--url", f"{upstream.url}/v1/projects/p/models/iris:predict", "--no-progress"]
+            + ["--output", str(tmp_path / f"out-{count}.jsonl"), "--batch-size", "500"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        # The process's own high-water mark (wait4's counts what it was before exec, a
+        # copy of this one).
+        peak = 0
+        while cli.poll() is None:
+            with contextlib.suppress(OSError):
+                status = (Path("/proc") / str(cli.pid) / "status").read_text()
+                found = re.search(r"VmHWM:\s+(\d+)", status)  # none once it has exited
+                peak = max(peak, int(found[1]) if found else 0)
+            time.sleep(0.01)
+        _, err = cli.communicate()
+        assert cli.returncode == 0, err
+        predicted = (tmp_path / f"out-{count}.jsonl").read_text().splitlines()
+        assert len(predicted) == count and set(predicted) <= {"0", "1", "2"}
+        return peak
+
+    # 40 batches or 400: either way every one of the 16 threads has had calls to make.
+    small, large = peak_kb(20_000), peak_kb(200_000)
+    file_kb = (tmp_path / "rows-200000.jsonl").stat().st_size // 1024
+    assert small > 0 and large - small < 2 * file_kb, (small, large, file_kb)
 
 
 def test_the_client_and_cli_report_the_status_the_function_answered(upstream, tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import CprError
 from .flags import positive
@@ -150,10 +152,11 @@ def _predict(args) -> int:
 
     from ..remote import client
 
-    instances = _read_instances(args.json_instances)
+    texts, total = _instance_texts(args.json_instances)
     try:
-        predictions = client.predict(
-            instances,
+        parts = client.predict_json(
+            texts,
+            total=total,
             url=args.url,
             model=args.model,
             api_endpoint=args.api_endpoint,
@@ -166,7 +169,8 @@ def _predict(args) -> int:
         )
     except ValueError as exc:
         raise _Usage(str(exc)) from exc
-    lines = b"".join(orjson.dumps(p) + b"\n" for p in predictions)
+    # The predictions wait here (a few bytes each) so that a failure writes nothing.
+    lines = b"".join(b"".join(orjson.dumps(p) + b"\n" for p in part) for part in parts)
     if args.output:
         Path(args.output).write_bytes(lines)
     else:
@@ -280,22 +284,51 @@ def _serve(args) -> int:
 def _read_instances(name: str) -> list:
     import orjson
 
+    texts, _ = _instance_texts(name)
+    return [orjson.loads(text) for text in texts]
+
+
+def _instance_texts(name: str) -> tuple[Iterator[bytes], int | None]:
+    """The instances of a JSON-lines file as their JSON texts, read as they are sent, and
+    how many there are; stdin ('-') is read as it comes, its count unknown.
+
+    Raises:
+        _Usage: the file cannot be read or holds no instances; while iterating, a line
+            that is not JSON.
+    """
+    if name == "-":
+        return _texts(sys.stdin.buffer, name), None
     try:
-        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        with open(name, "rb") as counted:
+            total = sum(1 for line in counted if line.strip())
+        source = open(name, "rb")  # noqa: SIM115 - closed by _texts
     except OSError as exc:
         raise _Usage(f"cannot read --json-instances {name}: {exc.strerror}") from exc
-    instances = []
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            instances.append(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
-            shown = line[:80].decode("utf-8", "replace")
-            raise _Usage(f"{name} line {number} is not a JSON instance ({exc}): {shown}") from None
-    if not instances:
+    if not total:
+        source.close()
         raise _Usage(f"{name} holds no instances; expected one JSON value per line")
-    return instances
+    return _texts(source, name), total
+
+
+def _texts(source: BinaryIO, name: str) -> Iterator[bytes]:
+    import orjson
+
+    found = False
+    with source:
+        for number, line in enumerate(source, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                shown = text[:80].decode("utf-8", "replace")
+                message = f"{name} line {number} is not a JSON instance ({exc}): {shown}"
+                raise _Usage(message) from None
+            found = True
+            yield text
+    if not found:
+        raise _Usage(f"{name} holds no instances; expected one JSON value per line")
 
 
 class _Usage(Exception):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from .forward import Policy, Target, Upstream
-from .forward import predict as _predict
+from ..protocol import dumps
+from .forward import Policy, Target, Upstream, batched, in_order
 
 
 def predict(
@@ -59,10 +59,61 @@ def predict(
             model, 5xx its own failure), or 503 unreachable, 504 timed out; the message
             names the instance range. Nothing partial is returned.
     """
-    upstream = _upstream(url, model, api_endpoint, auth, batch_size, concurrency, timeout, retries)
     instances = list(instances)
-    with _progress(progress, len(instances)) as tick:
-        return _predict(upstream, instances, fields, progress=tick)
+    parts = predict_json(
+        map(dumps, instances),
+        total=len(instances),
+        url=url,
+        model=model,
+        api_endpoint=api_endpoint,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        auth=auth,
+        progress=progress,
+        **fields,
+    )
+    return [p for part in parts for p in part]
+
+
+def predict_json(
+    texts: Iterable[bytes],
+    *,
+    total: int | None = None,
+    url: str | None = None,
+    model: str | None = None,
+    api_endpoint: str | None = None,
+    batch_size: int = 100,
+    concurrency: int = 16,
+    timeout: float = 60.0,
+    retries: int = 5,
+    auth: str = "auto",
+    progress: bool = False,
+    **fields: Any,
+) -> Iterator[list]:
+    """`predict` for instances given as JSON texts (the lines of a JSON-lines file), taken
+    from `texts` only as calls free up: yields each batch's predictions, in order. However
+    many instances there are, only the batches in flight are held in memory.
+
+    Args:
+        texts: each instance's JSON, as bytes; sent as it is.
+        total: how many there are, for the progress bar and messages (None: unknown).
+        The rest: as `predict`'s.
+
+    Raises:
+        ValueError: the target is given wrongly (raised by this call, before any batch).
+        cpr_function.errors.CprError: while iterating, a batch failed for good. The
+            predictions of the batches before it have been yielded.
+    """
+    upstream = _upstream(url, model, api_endpoint, auth, batch_size, concurrency, timeout, retries)
+    return _in_order(upstream, texts, total, progress, fields)
+
+
+def _in_order(upstream: Upstream, texts, total, progress: bool, fields) -> Iterator[list]:
+    with _progress(progress, total) as tick:
+        batches = batched(texts, upstream.policy)
+        yield from in_order(upstream, batches, fields, total=total, progress=tick)
 
 
 def model_meta(
@@ -99,7 +150,7 @@ def _upstream(url, model, api_endpoint, auth, batch_size, concurrency, timeout, 
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
+def _progress(enabled: bool, total: int | None) -> Iterator[Any]:
     if not enabled:
         yield None
         return
@@ -107,10 +158,11 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
         from tqdm import tqdm
     except ImportError:
         done = [0]
+        of = f"/{total}" if total is not None else ""
 
         def tick(count: int) -> None:
             done[0] += count
-            print(f"\r{done[0]}/{total} instances", end="", file=sys.stderr, flush=True)
+            print(f"\r{done[0]}{of} instances", end="", file=sys.stderr, flush=True)
 
         yield tick
         print(file=sys.stderr)

@@ -7,6 +7,7 @@ client would turn them into floats through protobuf `Value`).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -14,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -253,11 +254,11 @@ def predict(
     batches = split(instances, upstream.policy)
     if not joined and (len(batches) == 1 or not upstream.even):
         return _whole(upstream, batches, fields, progress)
-    stop = threading.Event()
     if len(batches) == 1:
-        return _one(upstream, batches[0], fields, len(instances), progress, stop)
+        return _one(upstream, batches[0], fields, len(instances), progress, threading.Event())
     try:
-        return _concurrently(upstream, batches, fields, len(instances), progress, stop)
+        parts = in_order(upstream, batches, fields, total=len(instances), progress=progress)
+        return [p for part in parts for p in part]
     except Uneven as exc:
         if joined:
             raise
@@ -270,26 +271,53 @@ def predict(
         return _whole(upstream, batches, fields, progress)
 
 
-def _concurrently(upstream: Upstream, batches, fields, total: int, progress, stop) -> list:
-    """Every batch's predictions, sent `concurrency` at a time, joined in order."""
-    results: list[list | None] = [None] * len(batches)
+def in_order(
+    upstream: Upstream,
+    batches: Iterable[Batch],
+    fields: dict[str, Any],
+    *,
+    total: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[list]:
+    """Each batch's predictions, in the batches' order, sent `concurrency` at a time.
+
+    Batches are taken from `batches` only as calls free up (at most `concurrency` in
+    flight and as many answered or waiting behind an earlier one), so however many
+    instances a file holds, only those batches are in memory. The first batch to fail
+    for good ends it at once: the others in flight make no further attempts.
+
+    Raises:
+        CprError: a batch failed for good; the message names its instance range (of
+            `total` when given).
+    """
+    concurrency = upstream.policy.concurrency
+    stop = threading.Event()
     pool = concurrent.futures.ThreadPoolExecutor(
-        max_workers=min(upstream.policy.concurrency, len(batches)),
-        thread_name_prefix="cpr-forward",
+        max_workers=concurrency, thread_name_prefix="cpr-forward"
     )
+    waiting: collections.deque[concurrent.futures.Future] = collections.deque()
     try:
-        futures = {
-            pool.submit(_one, upstream, batch, fields, total, progress, stop): index
-            for index, batch in enumerate(batches)
-        }
-        for future in concurrent.futures.as_completed(futures):
-            results[futures[future]] = future.result()
-    except BaseException:
-        stop.set()  # batches still in flight make no further attempts
-        raise
+        for batch in batches:
+            waiting.append(pool.submit(_one, upstream, batch, fields, total, progress, stop))
+            while len(waiting) >= 2 * concurrency or (waiting and waiting[0].done()):
+                yield _first(waiting)
+        while waiting:
+            yield _first(waiting)
     finally:
+        stop.set()  # batches still in flight, if any, make no further attempts
         pool.shutdown(wait=True, cancel_futures=True)
-    return [p for batch in results for p in batch]
+
+
+def _first(waiting: collections.deque) -> list:
+    """The first batch's predictions once it is answered; raises as soon as any batch
+    has failed for good, without waiting for those before it."""
+    while not waiting[0].done():
+        for future in waiting:
+            if future.done() and future.exception() is not None:
+                future.result()
+        pending = [f for f in waiting if not f.done()]
+        concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+    return waiting.popleft().result()
 
 
 def _whole(upstream: Upstream, batches: Sequence[Batch], fields, progress) -> Any:
@@ -312,30 +340,35 @@ def split(instances: Sequence[Any], policy: Policy) -> list[Batch]:
 
     An instance larger than `max_batch_bytes` on its own goes alone; the upstream decides.
     """
-    batches: list[Batch] = []
+    return list(batched(map(dumps, instances), policy))
+
+
+def batched(encoded: Iterable[bytes], policy: Policy) -> Iterator[Batch]:
+    """`split` for instances already encoded as JSON, taken from `encoded` as needed."""
     current: list[bytes] = []
     size, start = 0, 0
-    for index, instance in enumerate(instances):
-        encoded = dumps(instance)
-        too_big = size + len(encoded) + 1 > policy.max_batch_bytes
+    for index, instance in enumerate(encoded):
+        too_big = size + len(instance) + 1 > policy.max_batch_bytes
         if current and (len(current) == policy.batch_size or too_big):
-            batches.append(Batch(start, current))
+            yield Batch(start, current)
             current, size, start = [], 0, index
-        current.append(encoded)
-        size += len(encoded) + 1
+        current.append(instance)
+        size += len(instance) + 1
     if current:
-        batches.append(Batch(start, current))
-    return batches
+        yield Batch(start, current)
 
 
-def _one(upstream: Upstream, batch: Batch, fields, total: int, progress, stop, exact=True) -> Any:
+def _one(
+    upstream: Upstream, batch: Batch, fields, total: int | None, progress, stop, exact=True
+) -> Any:
     count = len(batch.encoded)
     try:
         body = upstream.target.body(batch.encoded, fields)
         predictions = upstream.call(body, count, stop, exact=exact)
     except CprError as exc:
         last = batch.start + count - 1
-        message = f"instances {batch.start}-{last} of {total}: {exc}"
+        of = f" of {total}" if total is not None else ""
+        message = f"instances {batch.start}-{last}{of}: {exc}"
         if isinstance(exc, Relayed):
             raise Relayed(message, exc.status_code) from exc
         raise type(exc)(message) from exc
