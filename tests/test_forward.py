@@ -277,7 +277,7 @@ def test_googleapiclient_against_a_forwarding_function(function, upstream):
 
 
 def test_the_client_library_batches_in_order(upstream, proxy):
-    from cpr_function.remote import client
+    from cpr_function import client  # as the docs import it
 
     counting = proxy()
     instances = list(range(95))
