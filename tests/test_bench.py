@@ -30,7 +30,8 @@ RUNS = {
         [
             rf"^ +beam-{n} / {side} +{RATIO}"
             for n, side in ((1, "floor"), (2, "beam-1"), (2, "online"))
-        ],
+        ]
+        + [rf"^ +the job at its defaults \(beam-2\) / online +{RATIO}"],
     ),
     "overhead": (
         ["--seconds", "0.2", "--rounds", "1"],
