@@ -5,7 +5,7 @@ framework may also take this file itself as `--source`, so its imports are absol
 Importing it reads the configuration (and a models file) and nothing else: no model is
 downloaded or loaded before the first request, so the gunicorn master that imports it
 before forking workers stays light (once it listens, it imports the framework libraries
-the workers will share, see `http.shared_imports`). With CPR_WARMUP, or more than one
+the workers will share, see `serving.shared_imports`). With CPR_WARMUP, or more than one
 worker, each worker starts loading right after the fork. It also fills in
 functions-framework's `WORKERS` and `THREADS` where unset (see `http.workers`), and
 bounds what a client may send before a request reaches the app (see `http.server`),
@@ -18,9 +18,10 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from cpr_function.config import Config
-from cpr_function.http import server, shared_imports, workers
+from cpr_function.http import server, workers
 from cpr_function.http.app import App
 from cpr_function.logs import configure
+from cpr_function.serving import shared_imports
 
 workers.fill_defaults(os.environ, workers.usable_cpus())
 server.install()

@@ -32,7 +32,8 @@ import time
 import orjson
 
 from ..errors import echo
-from . import balance, shared_imports
+from ..serving import shared_imports
+from . import balance
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 
 from ..catalog import VersionSpec
-from ..serving import gcpause
+from . import gcpause
 
 log = logging.getLogger(__name__)
 
