@@ -162,8 +162,9 @@ def staged_files(opts) -> list[str]:
 def checked(job: Job, runner):
     """Checks that the model loads on this machine before the job starts, so that one that
     cannot fails the command with the function's own message; yields `runner` with what
-    the check found. With forks, they are forked first and the first of them checks (they
-    end with the block); otherwise this process loads the model, keeping it for a worker
+    the check found. With forks, they are forked first (once the model's framework
+    libraries are imported here, to be shared) and the first of them checks (they end
+    with the block); otherwise this process loads the model, keeping it for a worker
     that runs here and letting it go for Beam's own worker processes. A remote runner is
     yielded as it is: nothing is loaded here for it.
 
@@ -173,8 +174,14 @@ def checked(job: Job, runner):
     if not is_local(runner):
         yield runner
     elif runner.forks:
+        from ..serving import shared_imports
         from .forked_workers import forked
 
+        # Its framework's libraries once, here, for the forks to share rather than each
+        # import (the same rules as gunicorn's master: scikit-learn, XGBoost).
+        _, spec = job.handler.resolve()
+        shared_imports.choose([spec])
+        shared_imports.import_now()
         with forked(runner.forks, job.handler.preload) as forks:
             found = forks.check()
             yield dataclasses.replace(runner, command=forks.command, call_size=found)

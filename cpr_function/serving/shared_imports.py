@@ -1,4 +1,6 @@
-"""The libraries the gunicorn master imports once, so that its worker processes share them.
+"""The framework libraries a process imports once before it forks the processes that load
+the models, so that they share them: gunicorn's master before its workers, the
+`batch-predict` command before its Beam workers (`batch/forked_workers.py`).
 
 Each worker process loads its own copy of each model, and with it its own copy of NumPy,
 SciPy and scikit-learn: on 2 CPUs (two workers) serving a forest, the process tree held
@@ -6,7 +8,8 @@ SciPy and scikit-learn: on 2 CPUs (two workers) serving a forest, the process tr
 the workers, the libraries' pages are shared by all of them; frozen out of the collector
 (`gc.freeze`, as after a load: `serving/gcpause.py`), no collection in a worker writes to
 those pages and copies them. The same tree held 238 MB (a LogisticRegression: 322 MB and
-230 MB).
+230 MB). A batch job on two forked workers also ends sooner with them imported once (a
+forest on 64 instances: 2.00 s against 2.08 s, 0.6 s less CPU, six alternating runs).
 
 Only the libraries of the built-in scikit-learn and XGBoost adapters, and of the bundled
 example, are imported here, for versions whose settings name them: importing them in a
@@ -58,7 +61,8 @@ def choose(specs: Iterable[VersionSpec]) -> None:
 
 
 def import_now() -> None:
-    """In the gunicorn master, before it forks: imports what `choose` noted, then freezes.
+    """Before the forks (in gunicorn's master, once it listens): imports what `choose`
+    noted, then freezes.
 
     A library that fails to import is left to the workers' loads, which say why.
     """
@@ -72,7 +76,7 @@ def import_now() -> None:
         for name in _chosen:
             try:
                 importlib.import_module(name)
-            except Exception as exc:  # noqa: BLE001 - the load in the worker reports it
+            except Exception as exc:  # noqa: BLE001 - each worker's load reports it
                 log.info("not importing %s before forking the workers: %s", name, exc)
             else:
                 imported.append(name)
