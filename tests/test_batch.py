@@ -496,6 +496,30 @@ def test_forked_workers_load_the_model_and_the_command_does_not(env, counted, tm
     assert sorted(loads.read_text().split()) == sorted(str(p) for p in predicted_by)
 
 
+def test_a_fork_that_fails_leaves_no_pipe_open_nor_any_fork_running(monkeypatch):
+    import errno
+
+    from cpr_function.batch import forked_workers
+
+    # The system refuses the second fork (as at a process limit); the first is real.
+    real_fork, forks = os.fork, []
+
+    def fork_once():
+        if forks:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        forks.append(real_fork())
+        return forks[-1]
+
+    open_before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fork", fork_once)
+    refused = pytest.raises(OSError, match="temporarily unavailable")
+    with refused, forked_workers.forked(2, lambda: True):
+        pytest.fail("the block runs only once every worker is forked")
+    assert set(os.listdir("/proc/self/fd")) == open_before
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forks[0], os.WNOHANG)  # the first fork was killed and collected
+
+
 def test_forked_workers_check_the_model_loads_before_the_job_starts(env, tmp_path):
     (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n")
     done = batch(

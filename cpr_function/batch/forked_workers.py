@@ -81,6 +81,7 @@ def forked(count: int, load: Callable[[], object]) -> Iterator[Forks]:
         listener.setblocking(False)
         alive_read, alive_write = os.pipe()
         report_read, report_write = os.pipe()
+        mine = [alive_write, alive_read, report_read, report_write]  # to close at the end
         pids = []
         try:
             for index in range(count):
@@ -92,13 +93,14 @@ def forked(count: int, load: Callable[[], object]) -> Iterator[Forks]:
                         os.close(report_write)
                     _child(listener, alive_read, load, report_write if index == 0 else None)
                 pids.append(pid)
-            os.close(report_write)
+            os.close(report_write)  # the forks hold it: the check reads to their end of it
+            mine.remove(report_write)
             listener.close()  # the forks hold it: once each has a worker, it is gone
             command = shlex.join([sys.executable, "-I", "-S", str(_RELAY), path])
             yield Forks(command, report_read)
         finally:
             listener.close()
-            for fd in (alive_write, alive_read, report_read):
+            for fd in mine:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             for pid in pids:  # each worker has ended with the job, or is not needed
