@@ -706,6 +706,46 @@ def test_a_dataflow_dry_run_builds_its_options_and_stages_the_package(
 
 
 @pytest.mark.parametrize(
+    "model,size",
+    [
+        ("example", 64),  # a custom routine: only loading it could tell
+        ("framework", 1024),  # the scikit-learn adapter says batchable = True
+        ("version-300", 300),  # its models-file version's micro-batching size
+        ("version-off", 64),  # a version whose requests are never merged
+        ("told", 200),  # --batch-size
+    ],
+)
+def test_a_dataflow_job_calls_a_named_framework_as_the_function_would(
+    env, tmp_path, wheel, module_bucket, iris_dir, model, size
+):
+    from routine_source import models_file
+
+    def version(**fields):
+        versions = {"v1": {"origin": str(iris_dir), "framework": "scikit-learn", **fields}}
+        models = models_file(tmp_path, {"iris": {"versions": versions}})
+        return ["--models", models, "--model", "iris"]
+
+    model_args = {  # each written only when its case runs: they share one models file
+        "example": lambda: EXAMPLE,
+        "framework": lambda: ["--model-dir", str(iris_dir), "--framework", "scikit-learn"],
+        "version-300": lambda: version(microbatch_max_size=300),
+        "version-off": lambda: version(microbatch="false"),
+        "told": lambda: [*EXAMPLE, "--batch-size", "200"],
+    }[model]()
+    (tmp_path / "in.jsonl").write_text("[5.1, 3.5, 1.4, 0.2]\n")
+    done = batch(
+        env,
+        *model_args,
+        *("--input-paths", str(tmp_path / "in.jsonl")),
+        *("--output-path", f"gs://{module_bucket.name}/sized"),
+        *dataflow(module_bucket),
+        *("--extra_package", str(wheel), "--dry-run"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"batch size: {size}" in done.stdout.splitlines(), done.stdout
+
+
+@pytest.mark.parametrize(
     "args,message",
     [
         ([], "Dataflow's workers need this package"),

@@ -824,3 +824,14 @@ def test_a_native_library_s_stack_trace_stays_out_of_the_error_message():
     described = legacy.describe(raised.value)
     assert described.startswith("XGBoostError: [") and "is not supported" in described
     assert "Stack trace" not in described and "[bt]" not in described and "\n" not in described
+
+
+@pytest.mark.parametrize(
+    "framework,declared",
+    [("scikit-learn", True), ("xgboost", True), ("tensorflow", False), ("mlflow", False)]
+    + [(None, False)],
+)
+def test_which_frameworks_declare_batchable_before_any_model_is_loaded(framework, declared):
+    from cpr_function import frameworks
+
+    assert frameworks.declares_batchable(framework) is declared

@@ -142,6 +142,24 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
         loaded.get()
         return loaded
 
+    def declared_call_size(self) -> int | None:
+        """`call_size` as far as the settings tell without loading the model (for a runner
+        elsewhere, such as Dataflow): for a framework they name whose adapter declares
+        `batchable = True`, the version's micro-batching size; None for what only loading
+        could tell (a custom routine, a framework found from the files) and for a version
+        whose requests are not merged.
+
+        Raises:
+            ConfigError: the model flags are wrong, or the models file has no such version.
+        """
+        from ..frameworks import declares_batchable
+
+        config, spec = self.resolve()
+        batching = config.microbatch_for(spec)
+        if batching.mode == "false" or not declares_batchable(spec.framework):
+            return None
+        return batching.max_size
+
     def _key(self) -> str:
         return repr((self._fields, self._models, self._cache_dir, self._install_dependencies))
 

@@ -195,13 +195,14 @@ def checked(job: Job, runner):
 
 
 def batch_size(job: Job, runner) -> int:
-    """Instances a predict call takes: --batch-size; else, for a predictor whose check on
-    this machine found it takes merged calls, the size the function merges its requests
-    to (1024 unless its version says otherwise); else 64, gcloud's default (on a remote
-    runner the command loads nothing, so 64)."""
+    """Instances a predict call takes: --batch-size; else, for a predictor that takes
+    merged calls, the size the function merges its requests to (1024 unless its version
+    says otherwise); else 64, gcloud's default. Locally the model's check found what it
+    takes; for a runner elsewhere, which this command loads nothing for, the settings
+    tell (the framework they name), or it is 64."""
     if job.batch_size is not None:
         return job.batch_size
-    found = runner.call_size if is_local(runner) else None
+    found = runner.call_size if is_local(runner) else job.handler.declared_call_size()
     return found or BATCH_SIZE
 
 

@@ -95,7 +95,7 @@ def run(args, usage) -> int:
         opts, runner = job.options(batch_job.beam_args)
         files = job.check(batch_job, opts, runner)
         if args.dry_run:
-            return _dry_run(job, opts, runner, files)
+            return _dry_run(job, batch_job, opts, runner, files)
         with job.checked(batch_job, runner) as runner:
             job.run(batch_job, opts, runner, sys.stdout)
     except ConfigError as exc:
@@ -109,11 +109,13 @@ def run(args, usage) -> int:
     return 0
 
 
-def _dry_run(job, opts, runner, files) -> int:
+def _dry_run(job, batch_job, opts, runner, files) -> int:
     name = "FnApiRunner" if job.is_local(runner) else runner
     print(f"runner: {name}")
     if job.is_local(runner) and runner.forks:
         print(f"workers: {runner.forks}, forked from this process")
+    if not job.is_local(runner):  # locally, the model's check before the job decides
+        print(f"batch size: {job.batch_size(batch_job, runner)}")
     print(f"input files: {len(files)}")
     for key, value in sorted(opts.get_all_options(drop_default=True).items()):
         print(f"option {key}: {value}")

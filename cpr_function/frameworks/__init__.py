@@ -66,6 +66,17 @@ def detect(model_dir: Path) -> str:
     )
 
 
+def declares_batchable(framework: str | None) -> bool:
+    """Whether every predictor `framework`'s models load as says `batchable = True`, known
+    before any model is loaded: the scikit-learn and XGBoost adapters do. False when the
+    framework is not named (only the model's files would tell) or its adapter does not."""
+    if framework not in _ADAPTERS:
+        return False
+    adapter = importlib.import_module(f"{__name__}.{_ADAPTERS[framework]}")
+    classes = getattr(adapter, "predictor_classes", tuple)()
+    return bool(classes) and all(getattr(c, "batchable", False) is True for c in classes)
+
+
 def load(model_dir: Path, framework: str | None) -> Servable:
     """Loads a framework model from `model_dir`, detecting the framework when unset.
 

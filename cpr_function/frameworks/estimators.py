@@ -19,6 +19,12 @@ from . import features
 from .features import ANY, CODE, NUMBER, Feature
 
 
+def predictor_classes() -> tuple[type, ...]:
+    """The classes of the predictors `load` may give, for what they declare before any
+    model is loaded (their `batchable`, see frameworks.declares_batchable)."""
+    return (_Estimator, _Booster)
+
+
 def load(path: Path) -> Routine:
     """Loads `model.bst` (an XGBoost Booster), or a pickled estimator (`.joblib`, `.pkl`)."""
     if path.suffix == ".bst":
