@@ -53,6 +53,32 @@ def child_pids(pid: int) -> set[int]:
     return found
 
 
+def descendant_pids(pid: int) -> set[int]:
+    """Every process below `pid`: its children, theirs, and so on."""
+    found, todo = set(), [pid]
+    while todo:
+        children = child_pids(todo.pop()) - found
+        found |= children
+        todo += children
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cmdline(pid: int) -> str:
+    """The command line `pid` runs, its arguments joined by spaces; "" once it has ended."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def fill_pipe(fd: int) -> None:
     """Writes empty lines to a pipe till not one more byte fits: a reader that stalled."""
     os.set_blocking(fd, False)

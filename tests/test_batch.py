@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, REPO, free_port
+from conftest import EXAMPLES, REPO, cmdline, descendant_pids, free_port, running
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -601,24 +601,6 @@ def test_calls_follow_the_versions_own_micro_batching_in_a_models_file(
     assert max(r["prediction"] for r in results) == size
 
 
-def _descendants(pid: int) -> set[int]:
-    from conftest import child_pids
-
-    found, todo = set(), [pid]
-    while todo:
-        children = child_pids(todo.pop()) - found
-        found |= children
-        todo += children
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_no_worker_outlives_the_command_even_when_it_is_killed(env, frameworks, tmp_path):
     import signal
     import time
@@ -635,24 +617,17 @@ def test_no_worker_outlives_the_command_even_when_it_is_killed(env, frameworks, 
     workers: set[int] = set()
     while len(workers) < 2 and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # until Beam has started both workers (their relay commands)
-        tree = _descendants(job.pid)
-        relays = [c for c in map(_cmdline, tree) if c.startswith(f"{sys.executable} -I")]
+        tree = descendant_pids(job.pid)
+        relays = [c for c in map(cmdline, tree) if c.startswith(f"{sys.executable} -I")]
         workers = tree if len(relays) == 2 else set()
     assert job.poll() is None and workers, "the job ended before both workers ran"
     job.send_signal(signal.SIGKILL)
     job.wait()
     deadline = time.monotonic() + 30
-    while any(_running(p) for p in workers) and time.monotonic() < deadline:
+    while any(running(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = {p: _cmdline(p) for p in workers if _running(p)}
+    left = {p: cmdline(p) for p in workers if running(p)}
     assert not left, f"workers left running after the command was killed: {left}"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def test_an_output_folder_holding_a_job_is_never_written_over(env, tmp_path):

@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import child_pids, make_tar
+from conftest import child_pids, cmdline, make_tar
 from kit_source import hog_files, kit_files
 
 CLASSES = ("Echo", "Raising", "Short", "NotANumber", "Sleepy", "OpensMissing")
@@ -128,16 +128,9 @@ def test_in_process_a_predictor_past_the_deadline_is_a_504_and_serving_goes_on(
 
 
 def _workers(master: int) -> set[int]:
-    """The master's gunicorn workers, not the processes of versions served apart."""
-    from pathlib import Path
-
-    def apart(pid: int) -> bool:
-        try:
-            return "worker" in Path(f"/proc/{pid}/cmdline").read_text()
-        except OSError:
-            return True  # ended meanwhile
-
-    return {pid for pid in child_pids(master) if not apart(pid)}
+    """The master's gunicorn workers, not the processes of versions served apart (nor
+    those that ended meanwhile: no command line)."""
+    return {pid for pid in child_pids(master) if cmdline(pid) and "worker" not in cmdline(pid)}
 
 
 def test_a_version_killed_while_loading_is_loaded_apart_and_never_kills_the_worker_again(
