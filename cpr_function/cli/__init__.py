@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import CprError
 from .flags import positive
@@ -297,23 +296,25 @@ def _instance_texts(name: str) -> tuple[Iterator[bytes], int | None]:
             that is not JSON.
     """
     if name == "-":
-        return _texts(sys.stdin.buffer, name), None
+        return _texts(name), None
     try:
         with open(name, "rb") as counted:
             total = sum(1 for line in counted if line.strip())
-        source = open(name, "rb")  # noqa: SIM115 - closed by _texts
     except OSError as exc:
         raise _Usage(f"cannot read --json-instances {name}: {exc.strerror}") from exc
     if not total:
-        source.close()
         raise _Usage(f"{name} holds no instances; expected one JSON value per line")
-    return _texts(source, name), total
+    return _texts(name), total
 
 
-def _texts(source: BinaryIO, name: str) -> Iterator[bytes]:
+def _texts(name: str) -> Iterator[bytes]:
     import orjson
 
     found = False
+    try:
+        source = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise _Usage(f"cannot read --json-instances {name}: {exc.strerror}") from exc
     with source:
         for number, line in enumerate(source, start=1):
             text = line.strip()
