@@ -289,25 +289,30 @@ def _read_instances(name: str) -> list:
 
 def _instance_texts(name: str) -> tuple[Iterator[bytes], int | None]:
     """The instances of a JSON-lines file as their JSON texts, read as they are sent, and
-    how many there are; stdin ('-') is read as it comes, its count unknown.
+    how many there are. A regular file is read twice: once to check every line and count
+    them, before anything is sent. Stdin ('-'), a pipe or a device is read once, as it
+    comes: its count unknown, a line that is not JSON found when its batch is formed.
 
     Raises:
-        _Usage: the file cannot be read or holds no instances; while iterating, a line
-            that is not JSON.
+        _Usage: the file cannot be read, holds no instances, or has a line that is not
+            JSON (for stdin or a pipe, while iterating).
     """
-    if name == "-":
-        return _texts(name), None
-    try:
-        with open(name, "rb") as counted:
-            total = sum(1 for line in counted if line.strip())
-    except OSError as exc:
-        raise _Usage(f"cannot read --json-instances {name}: {exc.strerror}") from exc
-    if not total:
-        raise _Usage(f"{name} holds no instances; expected one JSON value per line")
-    return _texts(name), total
+    import os
+    import stat
+
+    if name != "-":
+        try:
+            regular = stat.S_ISREG(os.stat(name).st_mode)
+        except OSError as exc:
+            raise _Usage(f"cannot read --json-instances {name}: {exc.strerror}") from exc
+        if regular:
+            total = sum(1 for _ in _texts(name))
+            return _texts(name, checked=True), total
+    return _texts(name), None
 
 
-def _texts(name: str) -> Iterator[bytes]:
+def _texts(name: str, *, checked: bool = False) -> Iterator[bytes]:
+    """Each non-blank line of the file, stripped; checked to be JSON unless it was."""
     import orjson
 
     found = False
@@ -321,7 +326,8 @@ def _texts(name: str) -> Iterator[bytes]:
             if not text:
                 continue
             try:
-                orjson.loads(text)
+                if not checked:
+                    orjson.loads(text)
             except orjson.JSONDecodeError as exc:
                 shown = text[:80].decode("utf-8", "replace")
                 message = f"{name} line {number} is not a JSON instance ({exc}): {shown}"
