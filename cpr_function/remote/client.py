@@ -59,10 +59,11 @@ def predict(
             model, 5xx its own failure), or 503 unreachable, 504 timed out; the message
             names the instance range. Nothing partial is returned.
     """
-    instances = list(instances)
+    # Encoded before any is sent, so that an instance JSON cannot hold fails the call first.
+    encoded = [dumps(instance) for instance in instances]
     parts = predict_json(
-        map(dumps, instances),
-        total=len(instances),
+        encoded,
+        total=len(encoded),
         url=url,
         model=model,
         api_endpoint=api_endpoint,
@@ -103,8 +104,9 @@ def predict_json(
 
     Raises:
         ValueError: the target is given wrongly (raised by this call, before any batch).
-        cpr_function.errors.CprError: while iterating, a batch failed for good. The
-            predictions of the batches before it have been yielded.
+        cpr_function.errors.CprError: while iterating, a batch failed for good; nothing
+            more is read from `texts`. Batches before it that were still in flight are
+            not yielded: the range in the message is not where the output stops.
     """
     upstream = _upstream(url, model, api_endpoint, auth, batch_size, concurrency, timeout, retries)
     return _in_order(upstream, texts, total, progress, fields)

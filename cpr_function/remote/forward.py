@@ -283,22 +283,34 @@ def in_order(
 
     Batches are taken from `batches` only as calls free up (at most `concurrency` in
     flight and as many answered or waiting behind an earlier one), so however many
-    instances a file holds, only those batches are in memory. The first batch to fail
-    for good ends it at once: the others in flight make no further attempts.
+    instances a file holds, only those batches are in memory. Once a batch fails for
+    good, nothing more is taken from `batches`, the batches in flight make no further
+    attempts, and the failure is raised as soon as it is seen: batches before it that
+    were still in flight are not yielded.
 
     Raises:
         CprError: a batch failed for good; the message names its instance range (of
             `total` when given).
     """
     concurrency = upstream.policy.concurrency
-    stop = threading.Event()
+    stop, failed = threading.Event(), threading.Event()
+
+    def settled(future: concurrent.futures.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            failed.set()
+            stop.set()  # the other batches make no further attempts
+
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=concurrency, thread_name_prefix="cpr-forward"
     )
     waiting: collections.deque[concurrent.futures.Future] = collections.deque()
     try:
         for batch in batches:
-            waiting.append(pool.submit(_one, upstream, batch, fields, total, progress, stop))
+            if failed.is_set():
+                break  # nothing more is read or sent
+            future = pool.submit(_one, upstream, batch, fields, total, progress, stop)
+            future.add_done_callback(settled)
+            waiting.append(future)
             while len(waiting) >= 2 * concurrency or (waiting and waiting[0].done()):
                 yield _first(waiting)
         while waiting:
@@ -306,6 +318,9 @@ def in_order(
     finally:
         stop.set()  # batches still in flight, if any, make no further attempts
         pool.shutdown(wait=True, cancel_futures=True)
+        close = getattr(batches, "close", None)
+        if close is not None:  # a generator reading a file closes it now
+            close()
 
 
 def _first(waiting: collections.deque) -> list:
@@ -344,16 +359,19 @@ def split(instances: Sequence[Any], policy: Policy) -> list[Batch]:
 
 
 def batched(encoded: Iterable[bytes], policy: Policy) -> Iterator[Batch]:
-    """`split` for instances already encoded as JSON, taken from `encoded` as needed."""
+    """`split` for instances already encoded as JSON, taken from `encoded` as needed; a
+    full batch is given as soon as it is full, not when the next instance comes."""
     current: list[bytes] = []
     size, start = 0, 0
     for index, instance in enumerate(encoded):
-        too_big = size + len(instance) + 1 > policy.max_batch_bytes
-        if current and (len(current) == policy.batch_size or too_big):
+        if current and size + len(instance) + 1 > policy.max_batch_bytes:
             yield Batch(start, current)
             current, size, start = [], 0, index
         current.append(instance)
         size += len(instance) + 1
+        if len(current) == policy.batch_size:
+            yield Batch(start, current)
+            current, size, start = [], 0, index + 1
     if current:
         yield Batch(start, current)
 
