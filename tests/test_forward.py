@@ -326,10 +326,11 @@ def test_the_cli_end_to_end(upstream, tmp_path):
     assert [json.loads(x) for x in output.read_text().splitlines()] == [repr(i) for i in range(250)]
 
 
-def test_the_cli_sends_stdin_as_it_comes(upstream, proxy):
+@pytest.mark.parametrize("source", ["-", "/dev/stdin"])
+def test_the_cli_sends_stdin_as_it_comes(upstream, proxy, source):
     counting = proxy()
     cli = subprocess.Popen(
-        [sys.executable, "-m", "cpr_function", "predict", "--json-instances", "-"]
+        [sys.executable, "-m", "cpr_function", "predict", "--json-instances", source]
         + ["--url", f"{counting.url}/v1/projects/p/models/reprs:predict", "--batch-size", "10"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -337,13 +338,14 @@ def test_the_cli_sends_stdin_as_it_comes(upstream, proxy):
         cwd=REPO,
     )
     try:
-        cli.stdin.write(b"".join(b"%d\n" % i for i in range(30)))
+        # Two full batches, and no line after them: both go before stdin says more.
+        cli.stdin.write(b"".join(b"%d\n" % i for i in range(20)))
         cli.stdin.flush()
         deadline = time.monotonic() + 60
         while counting.calls < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert counting.batches[:2] == [10, 10], "the first batches went before stdin ended"
-        cli.stdin.write(b"".join(b"%d\n" % i for i in range(30, 45)))
+        assert counting.batches == [10, 10], "the full batches went before stdin ended"
+        cli.stdin.write(b"".join(b"%d\n" % i for i in range(20, 45)))
         out, err = cli.communicate(timeout=60)
     finally:
         if cli.poll() is None:
@@ -353,6 +355,38 @@ def test_the_cli_sends_stdin_as_it_comes(upstream, proxy):
     assert [json.loads(x) for x in out.splitlines()] == [repr(i) for i in range(45)]
     assert sorted(counting.batches) == [5] + [10] * 4
     assert b"45 instances" in err or b"45it" in err, "progress, with no total to show"
+
+
+def test_a_failed_batch_stops_the_client_reading_more(upstream, proxy):
+    from cpr_function import client
+    from cpr_function.errors import CprError
+
+    # Instance 0 takes 2 s to answer; instance 1 is refused at once.
+    failing = proxy(lambda body: {0: "hang", 1: "400"}.get(body["instances"][0]), hang=2)
+    taken = []
+
+    def slowly():  # as a pipe gives lines: one every 50 ms
+        for i in range(200):
+            taken.append(i)
+            time.sleep(0.05)
+            yield b"%d" % i
+
+    url = f"{failing.url}/v1/projects/p/models/reprs:predict"
+    with pytest.raises(CprError, match="instances 1-1: .* answered 400"):
+        for _ in client.predict_json(slowly(), url=url, batch_size=1, concurrency=8):
+            pass
+    # Without the stop, it went on reading while instance 0 was in flight, up to the
+    # window of 16 batches.
+    assert len(taken) < 8, taken
+
+
+def test_the_client_library_sends_nothing_when_an_instance_is_not_json(proxy):
+    from cpr_function import client
+
+    counting = proxy()
+    with pytest.raises(TypeError):
+        client.predict([[1], object()], url=f"{counting.url}/predict", batch_size=1)
+    assert counting.calls == 0
 
 
 def test_the_cli_holds_no_more_memory_for_a_longer_file(upstream, tmp_path):
