@@ -76,14 +76,16 @@ def forked(count: int, load: Callable[[], object]) -> Iterator[Forks]:
     with tempfile.TemporaryDirectory(prefix="cpr-workers-") as folder:
         path = os.path.join(folder, "relay.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(path)
-        listener.listen(count)
-        listener.setblocking(False)
-        alive_read, alive_write = os.pipe()
-        report_read, report_write = os.pipe()
-        mine = [alive_write, alive_read, report_read, report_write]  # to close at the end
+        mine: list[int] = []  # the pipes' ends this process closes at the end
         pids = []
         try:
+            listener.bind(path)
+            listener.listen(count)
+            listener.setblocking(False)
+            alive_read, alive_write = os.pipe()
+            mine += (alive_read, alive_write)
+            report_read, report_write = os.pipe()
+            mine += (report_read, report_write)
             for index in range(count):
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the fork, which never returns

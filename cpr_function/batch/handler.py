@@ -187,8 +187,8 @@ def call_size(model) -> int | None:
     call when it merges requests: its version's `microbatch_max_size` in a models file,
     1024 by default. The function merges them for a predictor that says `batchable = True`
     (the built-in scikit-learn and XGBoost adapters do: their answers are the same however
-    the instances are split into calls) or a version that says `microbatch: all`. None
-    when it does not merge them."""
+    the instances are split into calls), and under `microbatch: all` for one that does
+    not say `batchable = False`. None when it does not merge them."""
     from ..serving.batching import Batched
 
     served = model.get()
