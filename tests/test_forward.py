@@ -380,6 +380,26 @@ def test_a_failed_batch_stops_the_client_reading_more(upstream, proxy):
     assert len(taken) < 8, taken
 
 
+def test_a_failed_cli_run_leaves_its_output_file_as_it_was(upstream, proxy, tmp_path):
+    refusing = proxy(lambda body: "400" if 150 in body["instances"] else None)
+    lines = tmp_path / "instances.jsonl"
+    lines.write_text("".join(f"{i}\n" for i in range(300)))
+    output = tmp_path / "predictions.jsonl"
+    output.write_text("an earlier run's predictions\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "cpr_function", "predict", "--json-instances", str(lines)]
+        + ["--url", f"{refusing.url}/v1/projects/p/models/reprs:predict", "--no-progress"]
+        + ["--output", str(output), "--batch-size", "10", "--concurrency", "2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 1 and "instances 150-159 of 300" in run.stderr, run.stderr
+    assert output.read_text() == "an earlier run's predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["instances.jsonl", "predictions.jsonl"]
+
+
 def test_the_client_library_sends_nothing_when_an_instance_is_not_json(proxy):
     from cpr_function import client
 

@@ -168,14 +168,30 @@ def _predict(args) -> int:
         )
     except ValueError as exc:
         raise _Usage(str(exc)) from exc
-    # The predictions wait here (a few bytes each) so that a failure writes nothing.
-    lines = b"".join(b"".join(orjson.dumps(p) + b"\n" for p in part) for part in parts)
+    lines = (b"".join(orjson.dumps(p) + b"\n" for p in part) for part in parts)
     if args.output:
-        Path(args.output).write_bytes(lines)
+        _write_whole(Path(args.output), lines)
     else:
-        sys.stdout.buffer.write(lines)
+        # The predictions wait here (a few bytes each) so that a failure writes nothing.
+        sys.stdout.buffer.write(b"".join(lines))
         sys.stdout.flush()
     return 0
+
+
+def _write_whole(path: Path, chunks) -> None:
+    """Writes the chunks to a file beside `path` as they come, and puts it in place only
+    once all of them are written: a failure leaves `path` as it was."""
+    import os
+
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 _FLAGS = {
