@@ -24,6 +24,9 @@ from ..errors import ConfigError, CprError, PredictorError
 # Models this process loaded before Beam ran, by what their handler loads: the worker
 # running in this process, or forked from it, takes its model from here.
 _LOADED: dict[str, Any] = {}
+# What each handler's settings resolved to in this process (and the processes forked
+# from it): a models file is read once, not by each step that needs the version.
+_RESOLVED: dict[str, tuple] = {}
 
 _FLAGS = {
     "origin": "model_dir",
@@ -96,11 +99,17 @@ class CprModelHandler(ModelHandler[Any, PredictionResult, Any]):
         self._kwargs = _checked_kwargs(kwargs or {})
 
     def resolve(self):
-        """The configuration and version spec this handler loads.
+        """The configuration and version spec this handler loads, found once a process.
 
         Raises:
             ConfigError: the model flags are wrong, or the models file has no such version.
         """
+        key = self._key()
+        if key not in _RESOLVED:
+            _RESOLVED[key] = self._resolved()
+        return _RESOLVED[key]
+
+    def _resolved(self):
         from ..config import Config
 
         config = Config.for_command(
