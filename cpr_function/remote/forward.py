@@ -293,11 +293,10 @@ def in_order(
             `total` when given).
     """
     concurrency = upstream.policy.concurrency
-    stop, failed = threading.Event(), threading.Event()
+    stop = threading.Event()  # set once a batch has failed for good, or at the end
 
     def settled(future: concurrent.futures.Future) -> None:
         if not future.cancelled() and future.exception() is not None:
-            failed.set()
             stop.set()  # the other batches make no further attempts
 
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -306,8 +305,8 @@ def in_order(
     waiting: collections.deque[concurrent.futures.Future] = collections.deque()
     try:
         for batch in batches:
-            if failed.is_set():
-                break  # nothing more is read or sent
+            if stop.is_set():
+                break  # a batch failed: nothing more is read or sent
             future = pool.submit(_one, upstream, batch, fields, total, progress, stop)
             future.add_done_callback(settled)
             waiting.append(future)
