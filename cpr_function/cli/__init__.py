@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import CprError
 from .flags import positive
@@ -297,10 +298,7 @@ def _serve(args) -> int:
 
 
 def _read_instances(name: str) -> list:
-    import orjson
-
-    texts, _ = _instance_texts(name)
-    return [orjson.loads(text) for text in texts]
+    return [value for _, value in _parsed(name)]
 
 
 def _instance_texts(name: str) -> tuple[Iterator[bytes], int | None]:
@@ -322,15 +320,27 @@ def _instance_texts(name: str) -> tuple[Iterator[bytes], int | None]:
         except OSError as exc:
             raise _Usage(f"cannot read --json-instances {name}: {exc.strerror}") from exc
         if regular:
-            total = sum(1 for _ in _texts(name))
-            return _texts(name, checked=True), total
-    return _texts(name), None
+            total = sum(1 for _ in _parsed(name))
+            return (text for _, text in _lines(name)), total
+    return (text for text, _ in _parsed(name)), None
 
 
-def _texts(name: str, *, checked: bool = False) -> Iterator[bytes]:
-    """Each non-blank line of the file, stripped; checked to be JSON unless it was."""
+def _parsed(name: str) -> Iterator[tuple[bytes, Any]]:
+    """Each instance of the file: its JSON text, and the value it holds."""
     import orjson
 
+    for number, text in _lines(name):
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            shown = text[:80].decode("utf-8", "replace")
+            message = f"{name} line {number} is not a JSON instance ({exc}): {shown}"
+            raise _Usage(message) from None
+        yield text, value
+
+
+def _lines(name: str) -> Iterator[tuple[int, bytes]]:
+    """Each non-blank line of the file ('-': stdin), stripped, with its number."""
     found = False
     try:
         source = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
@@ -339,17 +349,9 @@ def _texts(name: str, *, checked: bool = False) -> Iterator[bytes]:
     with source:
         for number, line in enumerate(source, start=1):
             text = line.strip()
-            if not text:
-                continue
-            try:
-                if not checked:
-                    orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                shown = text[:80].decode("utf-8", "replace")
-                message = f"{name} line {number} is not a JSON instance ({exc}): {shown}"
-                raise _Usage(message) from None
-            found = True
-            yield text
+            if text:
+                found = True
+                yield number, text
     if not found:
         raise _Usage(f"{name} holds no instances; expected one JSON value per line")
 
