@@ -116,7 +116,8 @@ def _stop_running() -> None:
 
 
 class Function:
-    """A `functions-framework --target predict` process of this repository on loopback.
+    """A `functions-framework --target predict` process of this repository on loopback, run
+    by `python` (this interpreter unless told).
 
     Its stderr goes to /dev/null, or with `log_reader` to a pipe read by a process of its
     own, as a log agent reads a deployed function's (what it reads is thrown away).
@@ -127,6 +128,7 @@ class Function:
         env: dict[str, str],
         *,
         source: Path = REPO / "main.py",
+        python: Path | str = sys.executable,
         threads: int | None = 8,
         workers: int | None = 1,
         log_reader: bool = False,
@@ -142,7 +144,7 @@ class Function:
             self.logs = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "functions_framework", "--target", "predict"]
+                [str(python), "-m", "functions_framework", "--target", "predict"]
                 + ["--source", str(source), "--host", "127.0.0.1", "--port", str(self.port)],
                 env={**base, **shape, **env},
                 cwd=REPO,

@@ -18,19 +18,22 @@ loopback port:
 - BentoML, a `@bentoml.service` class that loads the file and has one `@bentoml.api`
   taking `instances` as a NumPy array, served by `bentoml serve`.
 
-The peers are installed into virtualenvs of their own (under the temporary folder, or
-`--venvs DIR` to keep them between runs), with this environment's scikit-learn release so
-that all three load the same file; their versions are printed. Before anything is timed,
-the three answer the same 100 rows and must agree. Then, rounds alternating and the order
-turning, each server takes the same load: throughput and p50/p99 for each size and
-connection count, with batching off (every default) and on (MLServer's adaptive batching
-and BentoML's batchable API, each at 32 requests or 2 ms; ours is the same in both, its
-defaults, which merge requests for scikit-learn models and run a worker process a CPU);
-start to first answer with the model on local disk; and the memory of each server's process
-tree after --requests requests, resident (each process's pages in full) and proportional
-(pages shared between processes counted once, as an instance's memory limit counts them).
-Ratios are ours over theirs (higher is better for throughput, lower for latency, start and
-memory); ranges are over rounds.
+Each system runs from a virtualenv of its own (under the temporary folder, or `--venvs DIR`
+to keep them between runs), holding what its own documentation installs: the peers'
+packages, and for this function its `requirements.txt`, what Cloud Functions installs for
+it. All three get this environment's scikit-learn release, so that they load the same file;
+the peers' versions are printed. (This environment holds more: pandas, which scikit-learn
+imports whenever it is installed, adds about 0.2 s to any start that imports scikit-learn.)
+Before anything is timed, the three answer the same 100 rows and must agree. Then, rounds
+alternating and the order turning, each server takes the same load: throughput and p50/p99
+for each size and connection count, with batching off (every default) and on (MLServer's
+adaptive batching and BentoML's batchable API, each at 32 requests or 2 ms; ours is the
+same in both, its defaults, which merge requests for scikit-learn models and run a worker
+process a CPU); start to first answer with the model on local disk; and the memory of each
+server's process tree after --requests requests, resident (each process's pages in full)
+and proportional (pages shared between processes counted once, as an instance's memory
+limit counts them). Ratios are ours over theirs (higher is better for throughput, lower for
+latency, start and memory); ranges are over rounds.
 
 With `--first-answers-only`, only the start to first answer is measured, `--rounds` times
 for each server and model (every default), the order turning each round: one start a
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -53,7 +57,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import GENERATORS, Function, free_port, post, tree_pss, tree_rss  # noqa: E402
+from harness import GENERATORS, REPO, Function, free_port, post, tree_pss, tree_rss  # noqa: E402
 
 PEERS = ("mlserver", "bentoml")
 BATCH_SIZE, BATCH_MS = 32, 2
@@ -199,13 +203,13 @@ class Ours:
 
     kind, path = "ours", "/predict"
 
-    def __init__(self, model_dir: Path, cache: Path, *, batching: bool):
+    def __init__(self, python: Path, model_dir: Path, cache: Path, *, batching: bool):
         env = {"CPR_ORIGIN": str(model_dir), "CPR_FRAMEWORK": "scikit-learn"}
         env["CPR_CACHE_DIR"] = str(cache)
         # Every default, in both modes: micro-batching is on by default for scikit-learn.
         del batching
         self.started = time.perf_counter()
-        self.fn = Function(env, threads=None, workers=None)
+        self.fn = Function(env, python=python, threads=None, workers=None)
         self.port, self.proc = self.fn.port, self.fn.proc
 
     def body(self, rows: list) -> dict:
@@ -233,7 +237,7 @@ def first_answer(server, rows: list, limit: float = 120) -> float:
 
 def start(kind: str, pythons: dict, model_dir: Path, work: Path, *, batching: bool):
     if kind == "ours":
-        return Ours(model_dir, work / "cache", batching=batching)
+        return Ours(pythons[kind], model_dir, work / "cache", batching=batching)
     folder = work / f"{kind}-{model_dir.name}-{'on' if batching else 'off'}-{time.time_ns()}"
     return Peer(kind, pythons[kind], model_dir, folder, batching=batching)
 
@@ -383,7 +387,11 @@ def main() -> None:
         work = Path(tmp)
         venvs = args.venvs or work / "venvs"
         same = [f"scikit-learn=={sklearn.__version__}"]
+        requirements = REPO / "requirements.txt"
+        # Named by the file's contents, so that a changed requirements.txt gets a new one.
+        ours = "ours-" + hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
         pythons = {
+            "ours": venv(venvs, ours, ["-r", str(requirements), *same]),
             # MLServer 1.7.1's workers call asyncio.get_event_loop() in a new process, which
             # uvloop 0.22 and later refuse: every model fails to load with them.
             "mlserver": venv(
