@@ -1,7 +1,7 @@
 """batch-predict vs a plain Python loop and vs the online path, side by side in one run.
 
 Usage: python bench/batch.py [--instances 200000] [--batch-size 64] [--rounds 1]
-                             [--model example|forest|both]
+                             [--model example|forest|both] [--venv DIR]
 
 For each model, over the same file of instances (JSON lines), each round times:
 
@@ -26,6 +26,13 @@ model's load in each worker and writing the output are all counted. `example` is
 bundled routine (its predictor, run in the floor from its own modules); `forest` a
 100-tree scikit-learn forest served with no custom code (sklearn's predict in the floor).
 Beam's own cost per element is (beam-1 - floor) divided by the chunks it handled.
+
+Every side runs on this interpreter, unless `--venv DIR` names a virtualenv holding what
+`pip install 'cpr-function[batch]'` installs (`requirements.txt` and
+`requirements-batch.txt`; made there first if DIR holds none). That is what a user runs the
+job with. This development environment holds more, and more costs each start: pandas,
+which scikit-learn imports whenever it is installed, adds about 0.2 s to every process
+that imports scikit-learn (the floor's, the job's and each of its workers').
 """
 
 from __future__ import annotations
@@ -109,6 +116,22 @@ def timed(command: list[str], **kwargs) -> float:
     return seconds
 
 
+def environment(folder: Path | None) -> str:
+    """The interpreter every side runs on: this one, or that of the virtualenv in `folder`,
+    made there first (from the requirements files, as the [batch] extra installs them)."""
+    if folder is None:
+        return sys.executable
+    python = folder / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        needs = ["-r", str(REPO / "requirements.txt"), "-r", str(REPO / "requirements-batch.txt")]
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *needs],
+            check=True,
+        )
+    return str(python)
+
+
 def run_model(kind: str, work: Path, args) -> dict[str, list[float]]:
     source = work / f"{kind}.jsonl"
     instances(args.instances, source)
@@ -122,7 +145,8 @@ def run_model(kind: str, work: Path, args) -> dict[str, list[float]]:
         fn_env = {"CPR_ORIGIN": str(model_dir), "CPR_FRAMEWORK": "scikit-learn"}
     cache = work / "cache"
     common = ["--input-paths", str(source), "--cache-dir", str(cache)]
-    fn = Function({**fn_env, "CPR_CACHE_DIR": str(cache)})
+    python = args.python
+    fn = Function({**fn_env, "CPR_CACHE_DIR": str(cache)}, python=python)
     times: dict[str, list[float]] = {
         "floor": [],
         "beam-1": [],
@@ -134,7 +158,7 @@ def run_model(kind: str, work: Path, args) -> dict[str, list[float]]:
         fn.call("/predict", {"instances": [[5.1, 3.5, 1.4, 0.2]]})  # warm
         for round_ in range(args.rounds):
             out = work / f"out-{kind}-{round_}"
-            floor = [sys.executable, "-c", FLOOR, kind, str(model_dir), str(source)]
+            floor = [python, "-c", FLOOR, kind, str(model_dir), str(source)]
             floor += [
                 str(work / "floor.jsonl"),
                 str(args.batch_size),
@@ -146,13 +170,13 @@ def run_model(kind: str, work: Path, args) -> dict[str, list[float]]:
                 ("beam-2", 2, args.batch_size),
                 ("beam-2-big", 2, BIG_BATCH),
             ):
-                command = [sys.executable, "-m", "cpr_function", "batch-predict", *flags, *common]
+                command = [python, "-m", "cpr_function", "batch-predict", *flags, *common]
                 command += ["--output-path", f"{out}-{name}", "--batch-size", str(size)]
                 command += ["--direct_num_workers", str(workers)]
                 times[name].append(timed(command, cwd=REPO))
                 summary = json.loads(Path(f"{out}-{name}/prediction.summary.json").read_text())
                 assert summary["predicted"] == args.instances, summary
-            online = [sys.executable, "-m", "cpr_function", "predict", "--url"]
+            online = [python, "-m", "cpr_function", "predict", "--url"]
             online += [f"http://127.0.0.1:{fn.port}/predict", "--json-instances", str(source)]
             online += ["--batch-size", str(args.batch_size), "--no-progress"]
             online += ["--output", str(work / "online.jsonl")]
@@ -207,7 +231,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--model", choices=("example", "forest", "both"), default="both")
+    parser.add_argument(
+        "--venv", type=Path, help="run every side from this virtualenv (made if missing)"
+    )
     args = parser.parse_args()
+    args.python = environment(args.venv)
+    print(f"every side on {args.python}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="cpr-bench-batch-"))
     try:
         kinds = ("example", "forest") if args.model == "both" else (args.model,)
