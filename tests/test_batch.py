@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -612,7 +613,9 @@ def test_no_worker_outlives_the_command_even_when_it_is_killed(env, frameworks, 
     command += ["--input-paths", str(path), "--output-path", str(tmp_path / "out")]
     command += ["--batch-size", "1", *TWO_WORKERS]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    job = subprocess.Popen(command, cwd=REPO, env=env, **quiet)
+    temporary = tmp_path / "tmp"  # the command's temporary folder
+    temporary.mkdir()
+    job = subprocess.Popen(command, cwd=REPO, env={**env, "TMPDIR": str(temporary)}, **quiet)
     deadline = time.monotonic() + 120
     workers: set[int] = set()
     while len(workers) < 2 and job.poll() is None and time.monotonic() < deadline:
@@ -628,6 +631,77 @@ def test_no_worker_outlives_the_command_even_when_it_is_killed(env, frameworks, 
         time.sleep(0.1)
     left = {p: cmdline(p) for p in workers if running(p)}
     assert not left, f"workers left running after the command was killed: {left}"
+    # Nothing of the forks' own is left either (the model cache stays, as it should, and
+    # Beam's pipeline leaves an empty folder of its own).
+    assert not list(temporary.glob("cpr-workers-*"))
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="connecting as another user needs root")
+def test_a_forked_worker_takes_no_relay_of_another_user():
+    import contextlib
+    import secrets
+    import signal
+    import socket
+
+    from cpr_function.batch import forked_workers
+
+    # Any process on the machine may connect to an abstract socket: a fork must hand Beam's
+    # worker (which runs what its runner sends) to no relay but one of the command's user.
+    name = f"cpr-workers-{secrets.token_hex(8)}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(b"\0" + name.encode())
+    listener.listen(2)
+    listener.setblocking(False)
+    alive_read, alive_write = os.pipe()
+    # The other user's relay: a fork of this process that becomes nobody and connects as
+    # worker_relay.py does (another user may not reach this checkout or its interpreter).
+    stranger = os.fork()
+    if stranger == 0:  # pragma: no cover - runs in the fork
+        code = 2
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            relay = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            relay.connect(b"\0" + name.encode())
+            relay.sendall(b"{}\n")
+            try:
+                code = 1 if relay.recv(16) == b"" else 0  # closed with no status: refused
+            except ConnectionResetError:
+                code = 1  # closed with its line unread: refused
+        finally:
+            os._exit(code)
+    script = REPO / "cpr_function" / "batch" / "worker_relay.py"
+    ours = None
+    try:
+        ready, _, _ = select.select([listener], [], [], 30)
+        assert ready, "the other user's relay did not connect"
+        ours = subprocess.Popen([sys.executable, "-I", "-S", str(script), name])
+        taken = forked_workers._accept(listener, alive_read)
+        assert taken is not None
+        assert (
+            forked_workers._UCRED.unpack(
+                taken.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, forked_workers._UCRED.size)
+            )[0]
+            == ours.pid
+        )
+        assert taken.makefile("rb").readline() == b"{}\n"  # no endpoints in this environment
+        taken.sendall(b"0")
+        taken.close()
+        assert ours.wait(timeout=30) == 0
+        _, status = os.waitpid(stranger, 0)
+        stranger = 0
+        assert os.waitstatus_to_exitcode(status) == 1, "the other user's relay was served"
+    finally:
+        if stranger:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stranger, signal.SIGKILL)
+            os.waitpid(stranger, 0)
+        if ours is not None and ours.poll() is None:
+            ours.kill()
+            ours.wait()
+        listener.close()
+        os.close(alive_read)
+        os.close(alive_write)
 
 
 def test_an_output_folder_holding_a_job_is_never_written_over(env, tmp_path):

@@ -12,6 +12,11 @@ The command Beam runs for a worker is `worker_relay.py`, which starts in millise
 hands the worker's endpoints to one of the forks and waits for it; the fork runs Beam's
 own SDK harness. The forks end with the `with` block, when the command dies, or when
 their relay does (Beam stops or kills the worker).
+
+The relays reach the forks over a Unix socket in Linux's abstract namespace: it has no
+file, so a command killed outright (SIGKILL, out of memory) leaves nothing behind in the
+temporary folder. Its name is random, and since any process on the machine may connect to
+such a socket, a fork serves only a relay of the command's own user (`SO_PEERCRED`).
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import json
 import logging
 import os
 import pickle
+import secrets
 import select
 import shlex
 import signal
 import socket
+import struct
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +42,7 @@ from pathlib import Path
 from ..errors import CprError, LoadError
 
 _RELAY = Path(__file__).with_name("worker_relay.py")
+_UCRED = struct.Struct("3i")  # Linux's struct ucred: pid, uid, gid
 
 
 @dataclasses.dataclass
@@ -73,42 +80,41 @@ def forked(count: int, load: Callable[[], object]) -> Iterator[Forks]:
     # What Beam's import made stays, shared by the forks and skipped by every collection
     # in them and here, the last one at exit among them (a fifth of a second).
     gc.freeze()
-    with tempfile.TemporaryDirectory(prefix="cpr-workers-") as folder:
-        path = os.path.join(folder, "relay.sock")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        mine: list[int] = []  # the pipes' ends this process closes at the end
-        pids = []
-        try:
-            listener.bind(path)
-            listener.listen(count)
-            listener.setblocking(False)
-            alive_read, alive_write = os.pipe()
-            mine += (alive_read, alive_write)
-            report_read, report_write = os.pipe()
-            mine += (report_read, report_write)
-            for index in range(count):
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - runs in the fork, which never returns
-                    os.close(alive_write)
-                    os.close(report_read)
-                    if index:
-                        os.close(report_write)
-                    _child(listener, alive_read, load, report_write if index == 0 else None)
-                pids.append(pid)
-            os.close(report_write)  # the forks hold it: the check reads to their end of it
-            mine.remove(report_write)
-            listener.close()  # the forks hold it: once each has a worker, it is gone
-            command = shlex.join([sys.executable, "-I", "-S", str(_RELAY), path])
-            yield Forks(command, report_read)
-        finally:
-            listener.close()
-            for fd in mine:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            for pid in pids:  # each worker has ended with the job, or is not needed
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+    name = f"cpr-workers-{secrets.token_hex(16)}"  # the relay's argument
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mine: list[int] = []  # the pipes' ends this process closes at the end
+    pids = []
+    try:
+        listener.bind(b"\0" + name.encode())
+        listener.listen(count)
+        listener.setblocking(False)
+        alive_read, alive_write = os.pipe()
+        mine += (alive_read, alive_write)
+        report_read, report_write = os.pipe()
+        mine += (report_read, report_write)
+        for index in range(count):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the fork, which never returns
+                os.close(alive_write)
+                os.close(report_read)
+                if index:
+                    os.close(report_write)
+                _child(listener, alive_read, load, report_write if index == 0 else None)
+            pids.append(pid)
+        os.close(report_write)  # the forks hold it: the check reads to their end of it
+        mine.remove(report_write)
+        listener.close()  # the forks hold it: once each has a worker, it is gone
+        command = shlex.join([sys.executable, "-I", "-S", str(_RELAY), name])
+        yield Forks(command, report_read)
+    finally:
+        listener.close()
+        for fd in mine:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for pid in pids:  # each worker has ended with the job, or is not needed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def _child(
@@ -152,9 +158,19 @@ def _accept(listener: socket.socket, alive: int) -> socket.socket | None:
             relay, _ = listener.accept()
         except BlockingIOError:  # another fork took it
             continue
+        if not _same_user(relay):
+            relay.close()
+            continue
         listener.close()
         relay.setblocking(True)
         return relay
+
+
+def _same_user(connection: socket.socket) -> bool:
+    """Whether the process at the other end runs as this one's user."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    _, uid, _ = _UCRED.unpack(credentials)
+    return uid == os.getuid()
 
 
 def _work(relay: socket.socket, alive: int) -> int:

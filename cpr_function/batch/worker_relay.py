@@ -1,9 +1,10 @@
 """The command Beam's local runner starts for each worker when the workers are forked.
 
-Run as `python -I -S worker_relay.py SOCKET`: it starts in milliseconds, hands the worker's
-endpoints (the environment Beam gives it) to a process `forked_workers` made from the
-command, waits for that worker to end and exits with its status (1 when no fork is left
-to take it, or the fork ended without one). Standard library only.
+Run as `python -I -S worker_relay.py NAME`, NAME the forks' socket in the abstract
+namespace: it starts in milliseconds, hands the worker's endpoints (the environment Beam
+gives it) to a process `forked_workers` made from the command, waits for that worker to end
+and exits with its status (1 when no fork is left to take it, or the fork ended without
+one). Standard library only.
 """
 
 import json
@@ -20,12 +21,12 @@ _KEYS = (
 )
 
 
-def main(path: str) -> int:
+def main(name: str) -> int:
     relay = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        relay.connect(path)
+        relay.connect(b"\0" + name.encode())
     except OSError as exc:
-        print(f"batch-predict: no forked worker is left at {path} ({exc})", file=sys.stderr)
+        print(f"batch-predict: no forked worker is left at {name} ({exc})", file=sys.stderr)
         return 1
     endpoints = {key: os.environ[key] for key in _KEYS if key in os.environ}
     relay.sendall(json.dumps(endpoints).encode() + b"\n")
