@@ -846,10 +846,30 @@ def test_cloud_storage_in_and_out_through_beams_own_io(env, tmp_path, module_buc
     results, (error,) = lines("results"), lines("errors")
     assert_pairs(results, IRIS * 2, iris_expected(EXAMPLES / "model", IRIS) * 2)
     assert error["instance"] == [1, 2] and error["path"] == f"{root}/in/part-1.jsonl"
+    assert error["line"] == len(IRIS) + 1
     summary = json.loads(
         module_bucket.blob("gcs-job/out/prediction.summary.json").download_as_text()
     )
     assert summary["instancesRead"] == 7 and summary["failed"] == 1
+
+
+def test_ranges_of_a_file_in_cloud_storage_read_it_back_whole(module_bucket, monkeypatch):
+    from apache_beam.io.fileio import ReadableFile
+    from apache_beam.io.filesystem import FileMetadata
+
+    from cpr_function.batch import records
+
+    text = "".join(f"[{i:05d}]\n" for i in range(3000))  # 8 bytes a line
+    module_bucket.blob("ranges/in.jsonl").upload_from_string(text)
+    path = f"gs://{module_bucket.name}/ranges/in.jsonl"
+    monkeypatch.setattr(records, "_MOST_BYTES", 800)  # a local file's most, not a store's
+    # Ranges that end inside a line, whose end is read from Cloud Storage in small pieces.
+    monkeypatch.setattr(records, "_PAST", 3)
+    monkeypatch.setattr(records, "_BLOCK", 2)
+    cut = list(records.ranges(ReadableFile(FileMetadata(path, len(text))), "text", 8))
+    assert len(cut) == 16, "a store's file is not cut at the local files' most"
+    read = _read_by_ranges(cut, 8)
+    assert read == [((path, i + 1), f"[{i:05d}]".encode()) for i in range(3000)]
 
 
 def test_the_handler_runs_in_a_users_own_pipeline(tmp_path):
@@ -881,27 +901,46 @@ def test_the_handler_runs_in_a_users_own_pipeline(tmp_path):
         assert_that(results, check)
 
 
-def _read_by_ranges(path: Path, size: int) -> tuple[list, list]:
-    """The ranges a file is cut into, and the records read back through them."""
+def _read_by_ranges(cut: list, size: int) -> list:
+    """The records read back through the ranges, each numbered as in its file, as the
+    job numbers its error lines."""
+    from cpr_function.batch import records
+
+    counts, read = [], []
+    for where in cut:
+        reading = records.Reading(where, "text")
+        read += [r for chunk in records.chunks(reading, size) for r in chunk]
+        assert all(len(chunk) <= size for chunk in records.chunks(reading, size))
+        counts.append((where[0], (where[1], reading.lines)))
+    before = dict(records.lines_before(counts))
+    return [(records.numbered(source, before), record) for source, record in read]
+
+
+def _ranges(path: Path, size: int) -> list:
     from apache_beam.io.fileio import ReadableFile
     from apache_beam.io.filesystem import FileMetadata
 
     from cpr_function.batch import records
 
     readable = ReadableFile(FileMetadata(str(path), path.stat().st_size))
-    cut = list(records.ranges(readable, "text", size))
-    read = [r for where in cut for chunk in records.chunks(where, "text", size) for r in chunk]
-    return cut, read
+    return list(records.ranges(readable, "text", size))
 
 
 LINES = st.lists(st.sampled_from(["[1]", "", "  ", "[2, 3]\r", "{oops", '"x"']), max_size=60)
 
 
-@settings(max_examples=150, deadline=None)
-@given(lines=LINES, size=st.integers(1, 5), block=st.integers(1, 16), end=st.booleans())
-def test_ranges_read_back_every_line_with_its_number(lines, size, block, end):
-    """However a file is cut (and read in whatever blocks), its ranges hold every
-    non-blank line once, in order, numbered as in the file."""
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=LINES,
+    size=st.integers(1, 5),
+    step=st.integers(1, 40),
+    block=st.integers(1, 16),
+    end=st.booleans(),
+)
+def test_ranges_read_back_every_line_once_with_its_number(lines, size, step, block, end):
+    """However a file is cut into byte ranges (through lines, at line breaks, inside long
+    ones) and its last lines read past a range's end in whatever blocks, its ranges hold
+    every non-blank line once, in order, numbered as in the file."""
     import tempfile
 
     from cpr_function.batch import records
@@ -910,11 +949,13 @@ def test_ranges_read_back_every_line_with_its_number(lines, size, block, end):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "in.jsonl"
         path.write_text(text)
-        original, records._BLOCK = records._BLOCK, block
+        cut = list(records.byte_ranges(str(path), len(text.encode()), step))
+        original = records._PAST, records._BLOCK
+        records._PAST = records._BLOCK = block
         try:
-            cut, read = _read_by_ranges(path, size)
+            read = _read_by_ranges(cut, size)
         finally:
-            records._BLOCK = original
+            records._PAST, records._BLOCK = original
 
     want = [
         ((str(path), n), line.strip().encode())
@@ -922,13 +963,31 @@ def test_ranges_read_back_every_line_with_its_number(lines, size, block, end):
         if line.strip()
     ]
     assert read == want
-    starts = [start for _, start, _, _ in cut]
-    ends = [end for _, _, end, _ in cut]
-    assert starts == ([0, *ends[:-1]] if cut else [])
-    assert ends[-1:] == ([len(text.encode())] if text else [])
-    before = [text.encode()[:start].count(b"\n") + 1 for start in starts]
-    assert [first for *_, first in cut] == before
-    assert all((first - 1) % size == 0 for *_, first in cut), "ranges of whole chunks"
+
+
+def test_a_file_is_cut_by_its_size_into_ranges_of_whole_chunks_or_more(tmp_path, monkeypatch):
+    from cpr_function.batch import records
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(f"[{i:05d}]\n" for i in range(3000)))  # 8 bytes a line
+    size = 8
+
+    def lines_per_range(cut):
+        return {(end - start) // 8 for _, start, end in cut[:-1]}
+
+    # At least 16 ranges a file: here of 187.5 lines (at least 2 chunks of 8 lines).
+    cut = _ranges(path, size)
+    assert len(cut) == 16 and lines_per_range(cut) == {187}
+    assert _read_by_ranges(cut, size)[-1] == ((str(path), 3000), b"[02999]")
+    # Never shorter than 2 chunks: with calls of 100, ranges of 200 lines, 15 of them.
+    assert lines_per_range(_ranges(path, 100)) == {200}
+    # At most _MOST_BYTES a range (1 MB) when 2 chunks fit in it.
+    monkeypatch.setattr(records, "_MOST_BYTES", 800)
+    cut = _ranges(path, size)
+    assert len(cut) == 30 and lines_per_range(cut) == {100}
+    # The length of a line is judged from the file's first _SAMPLE bytes only.
+    monkeypatch.setattr(records, "_SAMPLE", 80)  # 10 lines
+    assert len(_ranges(path, size)) == 30
 
 
 def test_a_bad_instance_is_isolated_in_few_calls():

@@ -4,9 +4,12 @@ and error shards.
     Create(patterns) -> MatchAll -> ReadMatches -> ranges -> Reshuffle -> chunks
         -> parse -> RunInference -> lines -> WriteToText (results, errors)
 
-The Reshuffle spreads the ranges of one big file over every worker, which reads its own
-ranges: the records themselves never pass through the shuffle. Every record ends in
-exactly one line of the results or of the errors; the counters below say how many.
+The Reshuffle spreads the byte ranges of one big file over every worker, which reads its
+own ranges: the records themselves never pass through the shuffle, and each is read once.
+A worker numbers the lines of a range from 1; each range's count of lines comes out
+beside its chunks, and the error lines take their line numbers in the file from those
+counts (a side input) once every range is read. Every record ends in exactly one line of
+the results or of the errors; the counters below say how many.
 """
 
 from __future__ import annotations
@@ -43,16 +46,21 @@ def build(
     from apache_beam.io import fileio
     from apache_beam.io.filesystems import FileSystems
 
-    chunks = (
+    read = (
         pipeline
         | "Patterns" >> beam.Create(list(input_paths))
         | "Match" >> fileio.MatchAll()
         | "Open" >> fileio.ReadMatches()
         | "Cut" >> beam.FlatMap(records.ranges, data_format, batch_size)
         | "Spread" >> beam.Reshuffle()
-        | "Chunk" >> beam.FlatMap(records.chunks, data_format, batch_size)
+        | "Chunk" >> beam.ParDo(_Read(data_format, batch_size)).with_outputs("lines", main="chunks")
     )
-    parsed = chunks | "Parse" >> beam.ParDo(_Parse(binary=data_format != "text")).with_outputs(
+    before = beam.pvalue.AsDict(
+        read.lines
+        | "AllCounts" >> beam.combiners.ToList()
+        | "LinesBefore" >> beam.FlatMap(records.lines_before)
+    )
+    parsed = read.chunks | "Parse" >> beam.ParDo(_Parse(binary=data_format != "text")).with_outputs(
         "unparsable", main="instances"
     )
     lines = (
@@ -64,15 +72,47 @@ def build(
         FileSystems.join(output_path, RESULTS)
     )
     _ = (
-        (parsed.unparsable, lines.errors)
+        (
+            parsed.unparsable | "NumberUnparsable" >> beam.Map(_unparsable_lines, before),
+            lines.errors | "NumberErrors" >> beam.Map(_error_lines, before),
+        )
         | "AllErrors" >> beam.Flatten()
         | "WriteErrors" >> beam.io.WriteToText(FileSystems.join(output_path, ERRORS))
     )
 
 
+class _Read(beam.DoFn):
+    """A range into chunks of its records; and, for a byte range, how many lines it held,
+    as `(path, (start, lines))` on the "lines" output."""
+
+    def __init__(self, data_format: str, size: int):
+        self._format, self._size = data_format, size
+
+    def process(self, where):
+        reading = records.Reading(where, self._format)
+        yield from records.chunks(reading, self._size)
+        path, start, end = where
+        if end is not None:
+            yield beam.pvalue.TaggedOutput("lines", (path, (start, reading.lines)))
+
+
+def _unparsable_lines(bad: list, before: dict) -> bytes:
+    return b"\n".join(
+        records.unparsable_line(records.numbered(source, before), record, message)
+        for source, record, message in bad
+    )
+
+
+def _error_lines(errors: list, before: dict) -> bytes:
+    return b"\n".join(
+        records.error_line(records.numbered(source, before), echo, status, message)
+        for source, echo, status, message in errors
+    )
+
+
 class _Parse(beam.DoFn):
     """A chunk of records into a chunk of ((source, echo), instance); unparsable records
-    go out as error lines, a chunk's worth at once."""
+    go out as `(source, record, message)`, a chunk's worth at once, to be numbered."""
 
     def __init__(self, *, binary: bool):
         self._binary = binary
@@ -85,13 +125,15 @@ class _Parse(beam.DoFn):
             try:
                 echo, instance = records.parse(record, binary=self._binary)
             except ValueError as exc:
-                bad.append(records.unparsable_line(source, record, str(exc)))
+                # At most the 1000 bytes an error line shows (records.unparsable_line).
+                shown = record if isinstance(record, str) else record[:1000]
+                bad.append((source, shown, str(exc)))
                 continue
             parsed.append(((source, echo), instance))
         self._read.inc(len(chunk))
         if bad:
             self._unparsable.inc(len(bad))
-            yield beam.pvalue.TaggedOutput("unparsable", b"\n".join(bad))
+            yield beam.pvalue.TaggedOutput("unparsable", bad)
         if parsed:
             yield parsed
 
@@ -131,8 +173,9 @@ class _Chunks(ModelHandler):
 
 
 class _Lines(beam.DoFn):
-    """A chunk's outcomes into its result lines and its error lines, one element each;
-    and a progress line on stderr every few seconds."""
+    """A chunk's outcomes into its result lines, one element, and its failures as
+    `(source, echo, status, message)`, another, to be numbered; and a progress line on
+    stderr every few seconds."""
 
     PROGRESS_SECONDS = 10.0
 
@@ -149,7 +192,7 @@ class _Lines(beam.DoFn):
         results, errors = [], []
         for (source, echo), outcome in outcomes:
             if isinstance(outcome, Failure):
-                errors.append(records.error_line(source, echo, outcome.status, outcome.message))
+                errors.append((source, echo, outcome.status, outcome.message))
             else:
                 results.append(records.result_line(echo, outcome))
         if results:
@@ -157,7 +200,7 @@ class _Lines(beam.DoFn):
             yield b"\n".join(results)
         if errors:
             self._failed.inc(len(errors))
-            yield beam.pvalue.TaggedOutput("errors", b"\n".join(errors))
+            yield beam.pvalue.TaggedOutput("errors", errors)
 
     def _progress(self, count: int) -> None:
         self._done += count

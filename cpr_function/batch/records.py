@@ -8,7 +8,8 @@ element is paid once a predict call, not once an instance.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -16,73 +17,141 @@ import orjson
 FORMATS = ("text", "tf-record", "tf-record-gzip")
 
 
-# Where a record came from: its file, and its line (or record) number from 1. A plain
-# tuple: Beam's coder handles a chunk of them ten times faster than of NamedTuples.
-Source = tuple[str, int]
+# Where a record came from: its file, where the range that read it starts, and its line
+# (or record) number from 1 in that range. A plain tuple: Beam's coder handles a chunk of
+# them ten times faster than of NamedTuples. `numbered` makes the number the file's own.
+Source = tuple[str, int, int]
 
 
-# Where the workers start reading: a file and its byte range, and the number of the
-# range's first line. `end` is None for the whole of a file that cannot be read from the
-# middle (compressed text, TFRecords). A plain tuple, as Source.
-Range = tuple[str, int, int | None, int]
+# What a worker reads: a file and its byte range. `end` is None for the whole of a file
+# that cannot be read from the middle (compressed text, TFRecords). A plain tuple, as
+# Source.
+Range = tuple[str, int, int | None]
 
-_BLOCK = 1 << 20  # bytes read at a time while a file is cut into ranges
-# A range holds whole chunks: one each while a file has fewer than 2 * _LEAST_RANGES, so
-# that a small file still spreads over the workers, and at most about 512 lines (or 8
-# chunks) in a big one, since the shuffle costs Beam about a tenth of a millisecond a
-# range.
+# The lines of a text file are cut into ranges from its size alone, never read for it:
+# at least _LEAST_RANGES a file, so that a small file still spreads over the workers, and
+# at most _MOST_BYTES a range (a worker reads a range into memory) unless two chunks need
+# more. A range's last chunk is usually short, so a range holds at least two chunks,
+# judged from the length of the lines in the file's first _SAMPLE bytes.
 _LEAST_RANGES = 16
-_MOST_LINES = 512
+_MOST_BYTES = 1 << 20
+# In Cloud Storage (or any store but local files), a range may be as large as a read of
+# Beam's from it (gcsio's 16 MB buffer): each read fetches that much from where it starts
+# (to the end of the file at most), so a smaller range would fetch its file many times.
+_MOST_REMOTE_BYTES = 16 << 20
+_SAMPLE = 1 << 16
+# Read with a range, past its end: its last line most often ends there, in the same read.
+_PAST = 1 << 16
+_BLOCK = 1 << 20  # bytes read at a time when the last line goes on further
 
 
 def ranges(readable_file, data_format: str, size: int) -> Iterator[Range]:
-    """The file cut into ranges of whole chunks of `size` lines (the last one shorter), or
-    the whole file as one range when it cannot be read from the middle. Only the line
-    breaks are looked at here; each worker reads and parses its own ranges."""
-    from array import array
-
+    """The file cut into byte ranges for chunks of `size` lines, or the whole file as one
+    range when it cannot be read from the middle. Only the first _SAMPLE bytes are read
+    here, to judge the length of a line; each worker reads its own ranges, once."""
     from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
 
     path = readable_file.metadata.path
     compressed = CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
     if data_format != "text" or compressed:
-        yield path, 0, None, 1
+        yield path, 0, None
         return
-    starts = array("q", [0])  # where each chunk's first line starts
-    seen = offset = 0
+    total = readable_file.metadata.size_in_bytes
+    if not total:
+        return
     with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-        while block := stream.read(_BLOCK):
-            at = 0
-            while at := block.find(b"\n", at) + 1:
-                seen += 1
-                if seen == size:
-                    starts.append(offset + at)
-                    seen = 0
-            offset += len(block)
-    if starts[-1] == offset:  # the last chunk ended at the end of the file
-        starts.pop()
-    most = max(8, _MOST_LINES // size)
-    step = max(1, min(most, len(starts) // _LEAST_RANGES))
-    for i in range(0, len(starts), step):
-        end = starts[i + step] if i + step < len(starts) else offset
-        yield path, starts[i], end, 1 + i * size
+        sample = stream.read(_SAMPLE)
+    line = len(sample) / max(1, sample.count(b"\n"))
+    local = FileSystems.get_scheme(path) in (None, "file")
+    most = _MOST_BYTES if local else _MOST_REMOTE_BYTES
+    step = max(2 * size * line, min(total / _LEAST_RANGES, most))
+    yield from byte_ranges(path, total, math.ceil(step))
 
 
-def chunks(where: Range, data_format: str, size: int) -> Iterator[list]:
-    """A range's records in chunks of at most `size`, each `(source, record)`: text lines
-    (blank ones skipped), or TFRecord records. A record that cannot be read is a string
-    saying why, in its place.
+def byte_ranges(path: str, total: int, step: int) -> Iterator[Range]:
+    """`total` bytes in ranges of `step` (the last one shorter)."""
+    for start in range(0, total, step):
+        yield path, start, min(start + step, total)
+
+
+class Reading:
+    """A range's records, each `(number, record)` from 1: text lines (blank ones skipped,
+    but numbered), or TFRecord records. A record that cannot be read is a string saying
+    why, in its place. Once read, `lines` is how many lines the range held, blank ones
+    included (`numbered` adds them up).
+
+    A byte range holds the lines that start in it: a line begins the file or follows a
+    line break. The last of them may go on past the range's end, and is read to its end.
+    """
+
+    def __init__(self, where: Range, data_format: str):
+        self.where, self.data_format, self.lines = where, data_format, 0
+
+    def __iter__(self) -> Iterator[tuple[int, bytes | str]]:
+        path, _, end = self.where
+        if self.data_format != "text":
+            return _tf_records(path, gzip=self.data_format == "tf-record-gzip")
+        if end is None:
+            return self._whole()
+        return self._range()
+
+    def _whole(self) -> Iterator[tuple[int, bytes]]:
+        from apache_beam.io.filesystems import FileSystems
+
+        # Decompressed by the file's extension (.gz, .bz2, ...), as ReadFromText does.
+        with FileSystems.open(self.where[0]) as stream:
+            yield from _numbered(stream, self)
+
+    def _range(self) -> Iterator[tuple[int, bytes]]:
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        path, start, end = self.where
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+            before = max(0, start - 1)  # the byte before the range: a line break or not
+            stream.seek(before)
+            text = stream.read(end - before + _PAST)
+            past = text[end - before :]
+            text = text[: end - before]
+            if start:
+                first = text.find(b"\n") + 1
+                if not first:
+                    return  # inside one line that began before the range
+                text = text[first:]
+            if not text:
+                return
+            if text.endswith(b"\n"):
+                text = text[:-1]  # the next line starts the next range
+            else:  # the last line goes on past the end, or ends the file
+                rest, block = [text], past
+                while block:
+                    at = block.find(b"\n")
+                    rest.append(block if at < 0 else block[:at])
+                    if at >= 0:
+                        break
+                    block = stream.read(_BLOCK)
+                text = b"".join(rest)
+        yield from _numbered(text.split(b"\n"), self)
+
+
+def _numbered(lines, reading: Reading) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(lines, start=1):
+        reading.lines = number
+        line = line.strip()
+        if line:
+            yield number, line
+
+
+def chunks(reading: Reading, size: int) -> Iterator[list]:
+    """A range's records in chunks of at most `size`, each `(source, record)`.
 
     (Annotated as a plain list: Beam picks its coder from the hint, and one for bytes
-    alone cannot carry that string.)"""
-    path = where[0]
-    if data_format == "text":
-        records = _lines(where)
-    else:
-        records = _tf_records(path, gzip=data_format == "tf-record-gzip")
+    alone cannot carry the string a record that cannot be read is.)"""
+    path, start, _ = reading.where
     chunk: list[tuple[Source, bytes | str]] = []
-    for number, record in records:
-        chunk.append(((path, number), record))
+    for number, record in reading:
+        chunk.append(((path, start, number), record))
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -90,30 +159,27 @@ def chunks(where: Range, data_format: str, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _lines(where: Range) -> Iterator[tuple[int, bytes]]:
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    path, start, end, first = where
-    if end is None:
-        # Decompressed by the file's extension (.gz, .bz2, ...), as ReadFromText does.
-        with FileSystems.open(path) as stream:
-            yield from _numbered(stream, first)
-        return
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-        stream.seek(start)
-        text = stream.read(end - start)
-    yield from _numbered(text.split(b"\n"), first)
+def lines_before(counts: Iterable[tuple[str, tuple[int, int]]]) -> Iterator[tuple]:
+    """From each range's `(path, (start, lines))`, `((path, start), lines before it in its
+    file)`: what makes a range's numbers the file's own (`numbered`). A range counted
+    twice (a file matched by two input paths, read twice) counts once."""
+    by_file: dict[str, dict[int, int]] = {}
+    for path, (start, lines) in counts:
+        by_file.setdefault(path, {})[start] = lines
+    for path, sizes in by_file.items():
+        before = 0
+        for start in sorted(sizes):
+            yield (path, start), before
+            before += sizes[start]
 
 
-def _numbered(lines, first: int) -> Iterator[tuple[int, bytes]]:
-    for number, line in enumerate(lines, start=first):
-        line = line.strip()
-        if line:
-            yield number, line
+def numbered(source: Source, before: dict) -> tuple[str, int]:
+    """The file and the record's number in it."""
+    path, start, number = source
+    return path, before.get((path, start), 0) + number
 
 
-def _tf_records(path: str, *, gzip: bool) -> Iterator[tuple[int, bytes]]:
+def _tf_records(path: str, *, gzip: bool) -> Iterator[tuple[int, bytes | str]]:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.io.tfrecordio import _TFRecordUtil
@@ -158,16 +224,16 @@ def result_line(echo: bytes, prediction: Any) -> bytes:
     return b'{"instance":' + echo + b',"prediction":' + orjson.dumps(prediction) + b"}"
 
 
-def error_line(source: Source, echo: bytes, status: int, message: str) -> bytes:
+def error_line(where: tuple[str, int], echo: bytes, status: int, message: str) -> bytes:
     error = orjson.dumps({"status": status, "message": message})
-    path, line = source
+    path, line = where
     where = orjson.dumps({"path": path, "line": line})[1:-1]
     return b'{"instance":' + echo + b',"error":' + error + b"," + where + b"}"
 
 
-def unparsable_line(source: Source, record: bytes | str, message: str) -> bytes:
+def unparsable_line(where: tuple[str, int], record: bytes | str, message: str) -> bytes:
     text = "" if isinstance(record, str) else record[:1000].decode("utf-8", "replace")
-    path, line = source
+    path, line = where
     return orjson.dumps(
         {
             "path": path,
