@@ -3,6 +3,7 @@ input line in exactly one output line, predictions equal to local-predict's."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -638,7 +639,6 @@ def test_no_worker_outlives_the_command_even_when_it_is_killed(env, frameworks, 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="connecting as another user needs root")
 def test_a_forked_worker_takes_no_relay_of_another_user():
-    import contextlib
     import secrets
     import signal
     import socket
@@ -717,6 +717,54 @@ def test_an_output_folder_holding_a_job_is_never_written_over(env, tmp_path):
     assert done.returncode == 1
     assert f"--output-path {out} already holds the output of a job" in done.stderr
     assert (out / "prediction.results-00000-of-00001").read_text() == "earlier\n"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="listening as another user needs root")
+def test_a_relay_hands_no_endpoints_to_another_users_socket():
+    import secrets
+    import socket
+
+    # Once the forks hold their connections, the socket's name is free: another user may
+    # bind it and wait for a relay Beam starts later.
+    name = f"cpr-workers-{secrets.token_hex(8)}"
+    report_read, report_write = os.pipe()
+    stranger = os.fork()
+    if stranger == 0:  # pragma: no cover - runs in the fork
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(b"\0" + name.encode())
+            listener.listen(1)
+            os.write(report_write, b"listening\n")
+            listener.settimeout(30)
+            taken, _ = listener.accept()
+            taken.settimeout(5)
+            received = b""
+            with contextlib.suppress(OSError):
+                while chunk := taken.recv(1024):
+                    received += chunk
+            os.write(report_write, received or b"nothing")
+        finally:
+            os._exit(0)
+    os.close(report_write)
+    try:
+        with os.fdopen(report_read, "rb") as report:
+            assert report.readline() == b"listening\n"
+            script = REPO / "cpr_function" / "batch" / "worker_relay.py"
+            endpoints = {"CONTROL_API_SERVICE_DESCRIPTOR": "url: 127.0.0.1:1", "WORKER_ID": "w"}
+            relay = subprocess.run(
+                [sys.executable, "-I", "-S", str(script), name],
+                env={**os.environ, **endpoints},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert relay.returncode == 1
+            assert f"{name} is held by another user's process" in relay.stderr
+            assert report.read() == b"nothing", "the relay sent its endpoints"
+    finally:
+        os.waitpid(stranger, 0)
 
 
 def dataflow(bucket) -> list[str]:

@@ -16,7 +16,9 @@ their relay does (Beam stops or kills the worker).
 The relays reach the forks over a Unix socket in Linux's abstract namespace: it has no
 file, so a command killed outright (SIGKILL, out of memory) leaves nothing behind in the
 temporary folder. Its name is random, and since any process on the machine may connect to
-such a socket, a fork serves only a relay of the command's own user (`SO_PEERCRED`).
+such a socket, a fork serves only a relay of the command's own user, and a relay talks
+only to a fork of its own user (`SO_PEERCRED`): once the forks hold every connection they
+will take, the name is free again for anyone to bind.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 from ..errors import CprError, LoadError
 
 _RELAY = Path(__file__).with_name("worker_relay.py")
-_UCRED = struct.Struct("3i")  # Linux's struct ucred: pid, uid, gid
+_UCRED = struct.Struct("iII")  # Linux's struct ucred: pid, uid, gid (uid_t is unsigned)
 
 
 @dataclasses.dataclass
@@ -175,6 +177,9 @@ def _same_user(connection: socket.socket) -> bool:
 
 def _work(relay: socket.socket, alive: int) -> int:
     """Runs Beam's SDK harness with the endpoints the relay sent; its exit status."""
+    ready, _, _ = select.select([relay, alive], [], [])  # the command may end first
+    if alive in ready:
+        return 1
     endpoints = json.loads(relay.makefile("rb").readline())
     os.environ.update(endpoints)
     threading.Thread(target=_leave_with, args=(relay, alive), daemon=True).start()

@@ -10,6 +10,7 @@ one). Standard library only.
 import json
 import os
 import socket
+import struct
 import sys
 
 # What Beam's SubprocessSdkWorker puts in a worker's environment.
@@ -27,6 +28,13 @@ def main(name: str) -> int:
         relay.connect(b"\0" + name.encode())
     except OSError as exc:
         print(f"batch-predict: no forked worker is left at {name} ({exc})", file=sys.stderr)
+        return 1
+    # Anyone may bind the name once the forks have let it go: hand the endpoints (what a
+    # worker is told to run) to no process but one of this user's.
+    ucred = struct.Struct("iII")  # Linux's struct ucred: pid, uid, gid
+    _, uid, _ = ucred.unpack(relay.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, ucred.size))
+    if uid != os.getuid():
+        print(f"batch-predict: {name} is held by another user's process", file=sys.stderr)
         return 1
     endpoints = {key: os.environ[key] for key in _KEYS if key in os.environ}
     relay.sendall(json.dumps(endpoints).encode() + b"\n")
