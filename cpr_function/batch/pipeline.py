@@ -1,15 +1,17 @@
 """The batch-predict pipeline: input files, in chunks, through RunInference, into result
 and error shards.
 
-    Create(patterns) -> MatchAll -> ReadMatches -> ranges -> Reshuffle -> chunks
-        -> parse -> RunInference -> lines -> WriteToText (results, errors)
+    Create(patterns) -> MatchAll -> ReadMatches -> Reshuffle -> ranges -> Reshuffle
+        -> chunks -> parse -> RunInference -> lines -> WriteToText (results, errors)
 
-The Reshuffle spreads the byte ranges of one big file over every worker, which reads its
-own ranges: the records themselves never pass through the shuffle, and each is read once.
-A worker numbers the lines of a range from 1; each range's count of lines comes out
-beside its chunks, and the error lines take their line numbers in the file from those
-counts (a side input) once every range is read. Every record ends in exactly one line of
-the results or of the errors; the counters below say how many.
+The first Reshuffle spreads the files over the workers, which cut them into ranges. The
+second Reshuffle spreads the byte ranges of one big file over every worker, which reads its
+own ranges: the records themselves never pass through the shuffle, and each is read once
+(from Cloud Storage, a read of Beam's fetches up to 16 MB from where it starts, whatever it
+asks for: see records.ranges). A worker numbers the lines of a range from 1; each range's
+count of lines comes out beside its chunks, and the error lines take their line numbers in
+the file from those counts (a side input) once every range is read. Every record ends in
+exactly one line of the results or of the errors; the counters below say how many.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def build(
         | "Patterns" >> beam.Create(list(input_paths))
         | "Match" >> fileio.MatchAll()
         | "Open" >> fileio.ReadMatches()
+        # Many files are cut on many workers (cutting one reads its first bytes).
+        | "SpreadFiles" >> beam.Reshuffle()
         | "Cut" >> beam.FlatMap(records.ranges, data_format, batch_size)
         | "Spread" >> beam.Reshuffle()
         | "Chunk" >> beam.ParDo(_Read(data_format, batch_size)).with_outputs("lines", main="chunks")

@@ -47,8 +47,9 @@ _BLOCK = 1 << 20  # bytes read at a time when the last line goes on further
 
 def ranges(readable_file, data_format: str, size: int) -> Iterator[Range]:
     """The file cut into byte ranges for chunks of `size` lines, or the whole file as one
-    range when it cannot be read from the middle. Only the first _SAMPLE bytes are read
-    here, to judge the length of a line; each worker reads its own ranges, once."""
+    range when it cannot be read from the middle. Only the first _SAMPLE bytes are asked
+    for here, to judge the length of a line (from Cloud Storage, Beam's read fetches up to
+    16 MB); each worker reads its own ranges, once."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -78,8 +79,8 @@ def byte_ranges(path: str, total: int, step: int) -> Iterator[Range]:
 class Reading:
     """A range's records, each `(number, record)` from 1: text lines (blank ones skipped,
     but numbered), or TFRecord records. A record that cannot be read is a string saying
-    why, in its place. Once read, `lines` is how many lines the range held, blank ones
-    included (`numbered` adds them up).
+    why, in its place. For a byte range, `lines` is how many lines it holds, blank ones
+    included, known once its first record is read (`numbered` adds them up).
 
     A byte range holds the lines that start in it: a line begins the file or follows a
     line break. The last of them may go on past the range's end, and is read to its end.
@@ -101,7 +102,7 @@ class Reading:
 
         # Decompressed by the file's extension (.gz, .bz2, ...), as ReadFromText does.
         with FileSystems.open(self.where[0]) as stream:
-            yield from _numbered(stream, self)
+            yield from _numbered(stream)
 
     def _range(self) -> Iterator[tuple[int, bytes]]:
         from apache_beam.io.filesystem import CompressionTypes
@@ -132,22 +133,20 @@ class Reading:
                         break
                     block = stream.read(_BLOCK)
                 text = b"".join(rest)
-        yield from _numbered(text.split(b"\n"), self)
+        lines = text.split(b"\n")
+        self.lines = len(lines)
+        yield from _numbered(lines)
 
 
-def _numbered(lines, reading: Reading) -> Iterator[tuple[int, bytes]]:
+def _numbered(lines) -> Iterator[tuple[int, bytes]]:
     for number, line in enumerate(lines, start=1):
-        reading.lines = number
         line = line.strip()
         if line:
             yield number, line
 
 
 def chunks(reading: Reading, size: int) -> Iterator[list]:
-    """A range's records in chunks of at most `size`, each `(source, record)`.
-
-    (Annotated as a plain list: Beam picks its coder from the hint, and one for bytes
-    alone cannot carry the string a record that cannot be read is.)"""
+    """A range's records in chunks of at most `size`, each `(source, record)`."""
     path, start, _ = reading.where
     chunk: list[tuple[Source, bytes | str]] = []
     for number, record in reading:
@@ -174,9 +173,10 @@ def lines_before(counts: Iterable[tuple[str, tuple[int, int]]]) -> Iterator[tupl
 
 
 def numbered(source: Source, before: dict) -> tuple[str, int]:
-    """The file and the record's number in it."""
+    """The file and the record's number in it. A file's first range, or a file read
+    whole, has no lines before it; any other range is in `before`."""
     path, start, number = source
-    return path, before.get((path, start), 0) + number
+    return path, (before[(path, start)] if start else 0) + number
 
 
 def _tf_records(path: str, *, gzip: bool) -> Iterator[tuple[int, bytes | str]]:
