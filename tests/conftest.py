@@ -360,7 +360,10 @@ class LyingProxy:
     Listings pass through untouched, so they carry the true checksums; while `lie`
     is set, the bytes of every media download have their last byte flipped. Each media
     download waits `delay` seconds first; with `serial` set, they are answered one at a
-    time. `most_at_once` is the most media downloads that were in the proxy at once.
+    time. `most_at_once` is the most media downloads that were in the proxy at once, and
+    `served` how many bytes of media it has sent. With `own_links` set, the links in the
+    emulator's answers (an object's `mediaLink`) name the proxy, so that downloads made
+    from them pass through it too.
     """
 
     def __init__(self, upstream: str):
@@ -372,6 +375,8 @@ class LyingProxy:
         self.delay = 0.0
         self.serial = False
         self.most_at_once = 0
+        self.served = 0
+        self.own_links = False
         at_once = [0]
         counting, one_at_a_time = threading.Lock(), threading.Lock()
 
@@ -403,6 +408,11 @@ class LyingProxy:
                 data = answer.content
                 if proxy.lie and "alt=media" in self.path and data:
                     data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                if "alt=media" in self.path:
+                    with counting:
+                        proxy.served += len(data)
+                elif proxy.own_links:
+                    data = data.replace(upstream.encode(), proxy.url.encode())
                 self.send_response(answer.status_code)
                 for key, value in answer.headers.items():
                     if key.lower() not in (

@@ -7,11 +7,10 @@ and error shards.
 The first Reshuffle spreads the files over the workers, which cut them into ranges. The
 second Reshuffle spreads the byte ranges of one big file over every worker, which reads its
 own ranges: the records themselves never pass through the shuffle, and each is read once
-(from Cloud Storage, a read of Beam's fetches up to 16 MB from where it starts, whatever it
-asks for: see records.ranges). A worker numbers the lines of a range from 1; each range's
-count of lines comes out beside its chunks, and the error lines take their line numbers in
-the file from those counts (a side input) once every range is read. Every record ends in
-exactly one line of the results or of the errors; the counters below say how many.
+(records.Opener). A worker numbers the lines of a range from 1; each range's count of lines
+comes out beside its chunks, and the error lines take their line numbers in the file from
+those counts (a side input) once every range is read. Every record ends in exactly one line
+of the results or of the errors; the counters below say how many.
 """
 
 from __future__ import annotations
@@ -48,6 +47,9 @@ def build(
     from apache_beam.io import fileio
     from apache_beam.io.filesystems import FileSystems
 
+    # The input's reads get the job's own options (how to reach Cloud Storage).
+    opener = records.Opener(pipeline.options.get_all_options(drop_default=True))
+
     read = (
         pipeline
         | "Patterns" >> beam.Create(list(input_paths))
@@ -55,9 +57,10 @@ def build(
         | "Open" >> fileio.ReadMatches()
         # Many files are cut on many workers (cutting one reads its first bytes).
         | "SpreadFiles" >> beam.Reshuffle()
-        | "Cut" >> beam.FlatMap(records.ranges, data_format, batch_size)
+        | "Cut" >> beam.FlatMap(records.ranges, data_format, batch_size, opener)
         | "Spread" >> beam.Reshuffle()
-        | "Chunk" >> beam.ParDo(_Read(data_format, batch_size)).with_outputs("lines", main="chunks")
+        | "Chunk"
+        >> beam.ParDo(_Read(data_format, batch_size, opener)).with_outputs("lines", main="chunks")
     )
     before = beam.pvalue.AsDict(
         read.lines
@@ -89,11 +92,11 @@ class _Read(beam.DoFn):
     """A range into chunks of its records; and, for a byte range, how many lines it held,
     as `(path, (start, lines))` on the "lines" output."""
 
-    def __init__(self, data_format: str, size: int):
-        self._format, self._size = data_format, size
+    def __init__(self, data_format: str, size: int, opener: records.Opener):
+        self._format, self._size, self._opener = data_format, size, opener
 
     def process(self, where):
-        reading = records.Reading(where, self._format)
+        reading = records.Reading(where, self._format, self._opener)
         yield from records.chunks(reading, self._size)
         path, start, end = where
         if end is not None:

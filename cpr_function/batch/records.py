@@ -35,21 +35,52 @@ Range = tuple[str, int, int | None]
 # judged from the length of the lines in the file's first _SAMPLE bytes.
 _LEAST_RANGES = 16
 _MOST_BYTES = 1 << 20
-# In Cloud Storage (or any store but local files), a range may be as large as a read of
-# Beam's from it (gcsio's 16 MB buffer): each read fetches that much from where it starts
-# (to the end of the file at most), so a smaller range would fetch its file many times.
+# In Cloud Storage (or any store but local files) a range is one request, answered after
+# tens of milliseconds: up to 16 MB, as Beam's own reads from it are.
 _MOST_REMOTE_BYTES = 16 << 20
 _SAMPLE = 1 << 16
-# Read with a range, past its end: its last line most often ends there, in the same read.
+# The most read with a range past its end (an eighth of it in a smaller range).
 _PAST = 1 << 16
 _BLOCK = 1 << 20  # bytes read at a time when the last line goes on further
 
 
-def ranges(readable_file, data_format: str, size: int) -> Iterator[Range]:
+class Opener:
+    """Opens input files to read their bytes as stored. A Cloud Storage file's reads fetch
+    what was asked for (at least `buffer` bytes), not Beam's 16 MB from wherever they
+    start, which would fetch a file cut into ranges many times over.
+
+    Made in the command with the job's pipeline options, which say how to reach Cloud
+    Storage (credentials, impersonation), and pickled into the graph; each worker's copy
+    makes its own client the first time it needs one.
+    """
+
+    def __init__(self, options: dict | None = None):
+        self._options = dict(options or {})
+        self._gcs = None
+
+    def __getstate__(self) -> dict:
+        return {"_options": self._options, "_gcs": None}
+
+    def __call__(self, path: str, buffer: int):
+        if not path.startswith("gs://"):
+            from apache_beam.io.filesystem import CompressionTypes
+            from apache_beam.io.filesystems import FileSystems
+
+            return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        if self._gcs is None:
+            from apache_beam.io.gcp.gcsio import GcsIO
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            self._gcs = GcsIO(pipeline_options=PipelineOptions.from_dictionary(self._options))
+        return self._gcs.open(path, "rb", read_buffer_size=buffer)
+
+
+def ranges(
+    readable_file, data_format: str, size: int, opener: Opener | None = None
+) -> Iterator[Range]:
     """The file cut into byte ranges for chunks of `size` lines, or the whole file as one
-    range when it cannot be read from the middle. Only the first _SAMPLE bytes are asked
-    for here, to judge the length of a line (from Cloud Storage, Beam's read fetches up to
-    16 MB); each worker reads its own ranges, once."""
+    range when it cannot be read from the middle. Only the first _SAMPLE bytes are read
+    here, to judge the length of a line; each worker reads its own ranges, once."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
@@ -61,7 +92,7 @@ def ranges(readable_file, data_format: str, size: int) -> Iterator[Range]:
     total = readable_file.metadata.size_in_bytes
     if not total:
         return
-    with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+    with (opener or Opener())(path, _SAMPLE) as stream:
         sample = stream.read(_SAMPLE)
     line = len(sample) / max(1, sample.count(b"\n"))
     local = FileSystems.get_scheme(path) in (None, "file")
@@ -86,8 +117,9 @@ class Reading:
     line break. The last of them may go on past the range's end, and is read to its end.
     """
 
-    def __init__(self, where: Range, data_format: str):
+    def __init__(self, where: Range, data_format: str, opener: Opener | None = None):
         self.where, self.data_format, self.lines = where, data_format, 0
+        self._open = opener or Opener()
 
     def __iter__(self) -> Iterator[tuple[int, bytes | str]]:
         path, _, end = self.where
@@ -105,14 +137,13 @@ class Reading:
             yield from _numbered(stream)
 
     def _range(self) -> Iterator[tuple[int, bytes]]:
-        from apache_beam.io.filesystem import CompressionTypes
-        from apache_beam.io.filesystems import FileSystems
-
         path, start, end = self.where
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-            before = max(0, start - 1)  # the byte before the range: a line break or not
+        before = max(0, start - 1)  # the byte before the range: a line break or not
+        # Past the end, an eighth more: the last line most often ends there, in this read.
+        past = min(_PAST, (end - start) // 8 + 1)
+        with self._open(path, end - before + past) as stream:
             stream.seek(before)
-            text = stream.read(end - before + _PAST)
+            text = stream.read(end - before + past)
             past = text[end - before :]
             text = text[: end - before]
             if start:
