@@ -143,26 +143,26 @@ class Reading:
         past = min(_PAST, (end - start) // 8 + 1)
         with self._open(path, end - before + past) as stream:
             stream.seek(before)
-            text = stream.read(end - before + past)
-            past = text[end - before :]
-            text = text[: end - before]
-            if start:
-                first = text.find(b"\n") + 1
-                if not first:
-                    return  # inside one line that began before the range
-                text = text[first:]
-            if not text:
-                return
-            if text.endswith(b"\n"):
-                text = text[:-1]  # the next line starts the next range
-            else:  # the last line goes on past the end, or ends the file
-                rest, block = [text], past
-                while block:
+            data = stream.read(end - before + past)
+            # Offsets into `data`: the range's own bytes are [0, limit), or [1, limit) after
+            # the byte before it. One copy is made, of the lines this range holds.
+            limit = min(end - before, len(data))  # shorter only if the file shrank
+            first = data.find(b"\n", 0, limit) + 1 if start else 0
+            if start and not first:
+                return  # inside one line that began before the range
+            if first >= limit:
+                return  # a line break ends the range (the next line is the next range's)
+            if data[limit - 1] == ord("\n"):
+                text = data[first : limit - 1]  # the next line starts the next range
+            elif (at := data.find(b"\n", limit)) >= 0:
+                text = data[first:at]  # the last line ends in what was read past the end
+            else:  # it goes on further, or ends the file
+                rest = [data[first:]]
+                while block := stream.read(_BLOCK):
                     at = block.find(b"\n")
                     rest.append(block if at < 0 else block[:at])
                     if at >= 0:
                         break
-                    block = stream.read(_BLOCK)
                 text = b"".join(rest)
         lines = text.split(b"\n")
         self.lines = len(lines)
