@@ -643,7 +643,7 @@ def test_a_forked_worker_takes_no_relay_of_another_user():
     import signal
     import socket
 
-    from cpr_function.batch import forked_workers
+    from cpr_function.batch import forked_workers, worker_relay
 
     # Any process on the machine may connect to an abstract socket: a fork must hand Beam's
     # worker (which runs what its runner sends) to no relay but one of the command's user.
@@ -678,12 +678,7 @@ def test_a_forked_worker_takes_no_relay_of_another_user():
         ours = subprocess.Popen([sys.executable, "-I", "-S", str(script), name])
         taken = forked_workers._accept(listener, alive_read)
         assert taken is not None
-        assert (
-            forked_workers._UCRED.unpack(
-                taken.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, forked_workers._UCRED.size)
-            )[0]
-            == ours.pid
-        )
+        assert worker_relay.peer(taken)[0] == ours.pid
         assert taken.makefile("rb").readline() == b"{}\n"  # no endpoints in this environment
         taken.sendall(b"0")
         taken.close()

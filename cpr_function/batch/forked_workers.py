@@ -35,16 +35,15 @@ import select
 import shlex
 import signal
 import socket
-import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import CprError, LoadError
+from .worker_relay import peer
 
 _RELAY = Path(__file__).with_name("worker_relay.py")
-_UCRED = struct.Struct("iII")  # Linux's struct ucred: pid, uid, gid (uid_t is unsigned)
 
 
 @dataclasses.dataclass
@@ -160,19 +159,12 @@ def _accept(listener: socket.socket, alive: int) -> socket.socket | None:
             relay, _ = listener.accept()
         except BlockingIOError:  # another fork took it
             continue
-        if not _same_user(relay):
+        if peer(relay)[1] != os.getuid():  # another user's process
             relay.close()
             continue
         listener.close()
         relay.setblocking(True)
         return relay
-
-
-def _same_user(connection: socket.socket) -> bool:
-    """Whether the process at the other end runs as this one's user."""
-    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    _, uid, _ = _UCRED.unpack(credentials)
-    return uid == os.getuid()
 
 
 def _work(relay: socket.socket, alive: int) -> int:

@@ -22,6 +22,16 @@ _KEYS = (
 )
 
 
+_UCRED = struct.Struct("iII")  # Linux's struct ucred: pid, uid, gid (uid_t is unsigned)
+
+
+def peer(connection: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a Unix socket. (The forks
+    check their relays with it too: `forked_workers`.)"""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return _UCRED.unpack(credentials)
+
+
 def main(name: str) -> int:
     relay = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -31,9 +41,7 @@ def main(name: str) -> int:
         return 1
     # Anyone may bind the name once the forks have let it go: hand the endpoints (what a
     # worker is told to run) to no process but one of this user's.
-    ucred = struct.Struct("iII")  # Linux's struct ucred: pid, uid, gid
-    _, uid, _ = ucred.unpack(relay.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, ucred.size))
-    if uid != os.getuid():
+    if peer(relay)[1] != os.getuid():
         print(f"batch-predict: {name} is held by another user's process", file=sys.stderr)
         return 1
     endpoints = {key: os.environ[key] for key in _KEYS if key in os.environ}
