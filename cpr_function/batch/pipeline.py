@@ -80,8 +80,9 @@ def build(
     )
     _ = (
         (
-            parsed.unparsable | "NumberUnparsable" >> beam.Map(_unparsable_lines, before),
-            lines.errors | "NumberErrors" >> beam.Map(_error_lines, before),
+            parsed.unparsable
+            | "NumberUnparsable" >> beam.Map(_numbered_lines, records.unparsable_line, before),
+            lines.errors | "NumberErrors" >> beam.Map(_numbered_lines, records.error_line, before),
         )
         | "AllErrors" >> beam.Flatten()
         | "WriteErrors" >> beam.io.WriteToText(FileSystems.join(output_path, ERRORS))
@@ -103,18 +104,10 @@ class _Read(beam.DoFn):
             yield beam.pvalue.TaggedOutput("lines", (path, (start, reading.lines)))
 
 
-def _unparsable_lines(bad: list, before: dict) -> bytes:
-    return b"\n".join(
-        records.unparsable_line(records.numbered(source, before), record, message)
-        for source, record, message in bad
-    )
-
-
-def _error_lines(errors: list, before: dict) -> bytes:
-    return b"\n".join(
-        records.error_line(records.numbered(source, before), echo, status, message)
-        for source, echo, status, message in errors
-    )
+def _numbered_lines(failures: list, line, before: dict) -> bytes:
+    """A chunk's failures, each `(source, *what line() shows)`, as error lines, each with
+    its record's number in its file."""
+    return b"\n".join(line(records.numbered(source, before), *shown) for source, *shown in failures)
 
 
 class _Parse(beam.DoFn):
@@ -132,8 +125,8 @@ class _Parse(beam.DoFn):
             try:
                 echo, instance = records.parse(record, binary=self._binary)
             except ValueError as exc:
-                # At most the 1000 bytes an error line shows (records.unparsable_line).
-                shown = record if isinstance(record, str) else record[:1000]
+                # At most what an error line shows of it (records.unparsable_line).
+                shown = record if isinstance(record, str) else record[: records.SHOWN]
                 bad.append((source, shown, str(exc)))
                 continue
             parsed.append(((source, echo), instance))

@@ -42,6 +42,7 @@ _SAMPLE = 1 << 16
 # The most read with a range past its end (an eighth of it in a smaller range).
 _PAST = 1 << 16
 _BLOCK = 1 << 20  # bytes read at a time when the last line goes on further
+SHOWN = 1000  # the most bytes of an unparsable record its error line shows
 
 
 class Opener:
@@ -263,7 +264,7 @@ def error_line(where: tuple[str, int], echo: bytes, status: int, message: str) -
 
 
 def unparsable_line(where: tuple[str, int], record: bytes | str, message: str) -> bytes:
-    text = "" if isinstance(record, str) else record[:1000].decode("utf-8", "replace")
+    text = "" if isinstance(record, str) else record[:SHOWN].decode("utf-8", "replace")
     path, line = where
     return orjson.dumps(
         {
