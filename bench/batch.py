@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import REPO, Function  # noqa: E402
+from harness import REPO, Function, venv  # noqa: E402
 from microbatch import train_forest  # noqa: E402
 
 EXAMPLES = REPO / "examples"
@@ -121,15 +121,8 @@ def environment(folder: Path | None) -> str:
     made there first (from the requirements files, as the [batch] extra installs them)."""
     if folder is None:
         return sys.executable
-    python = folder / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-        needs = ["-r", str(REPO / "requirements.txt"), "-r", str(REPO / "requirements-batch.txt")]
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *needs],
-            check=True,
-        )
-    return str(python)
+    needs = ["-r", str(REPO / "requirements.txt"), "-r", str(REPO / "requirements-batch.txt")]
+    return str(venv(folder, needs))
 
 
 def run_model(kind: str, work: Path, args) -> dict[str, list[float]]:

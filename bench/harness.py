@@ -115,6 +115,20 @@ def _stop_running() -> None:
         function.stop()
 
 
+def venv(folder: Path, packages: list[str]) -> Path:
+    """A virtualenv in `folder` with `packages` (pip's arguments), made there unless it is
+    already; returns its python."""
+    python = folder / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            + packages,
+            check=True,
+        )
+    return python
+
+
 class Function:
     """A `functions-framework --target predict` process of this repository on loopback, run
     by `python` (this interpreter unless told).

@@ -57,7 +57,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import GENERATORS, REPO, Function, free_port, post, tree_pss, tree_rss  # noqa: E402
+from harness import (  # noqa: E402
+    GENERATORS,
+    REPO,
+    Function,
+    free_port,
+    post,
+    tree_pss,
+    tree_rss,
+    venv,
+)
 
 PEERS = ("mlserver", "bentoml")
 BATCH_SIZE, BATCH_MS = 32, 2
@@ -108,19 +117,6 @@ def fit(root: Path) -> dict[str, Path]:
         joblib.dump(model.fit(features, labels), folder / "model.joblib")
         made[name] = folder
     return made
-
-
-def venv(root: Path, name: str, packages: list[str]) -> Path:
-    """A virtualenv with `packages` (made once); returns its python."""
-    python = root / name / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(root / name)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            + packages,
-            check=True,
-        )
-    return python
 
 
 def version(python: Path, package: str) -> str:
@@ -391,13 +387,13 @@ def main() -> None:
         # Named by the file's contents, so that a changed requirements.txt gets a new one.
         ours = "ours-" + hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
         pythons = {
-            "ours": venv(venvs, ours, ["-r", str(requirements), *same]),
+            "ours": venv(venvs / ours, ["-r", str(requirements), *same]),
             # MLServer 1.7.1's workers call asyncio.get_event_loop() in a new process, which
             # uvloop 0.22 and later refuse: every model fails to load with them.
             "mlserver": venv(
-                venvs, "mlserver", ["mlserver", "mlserver-sklearn", "uvloop<0.22", *same]
+                venvs / "mlserver", ["mlserver", "mlserver-sklearn", "uvloop<0.22", *same]
             ),
-            "bentoml": venv(venvs, "bentoml", ["bentoml", *same]),
+            "bentoml": venv(venvs / "bentoml", ["bentoml", *same]),
         }
         print(
             "peers: "
