@@ -14,6 +14,7 @@ entry point in the gunicorn master before the server is built, makes the server:
   bytes, with 408, so that a handful of slow or broken clients cannot hold every thread.
   (A connection that sends nothing waits in gunicorn's poller, on no thread.)
 
+The bounded workers also send a response's head and body in one send (`one_send`).
 The same hook into gunicorn's configuration also has several worker processes take equal
 shares of the connections (`balance`), and the master import the framework libraries the
 workers will share once it listens (`shared_imports`).
@@ -33,7 +34,7 @@ import orjson
 
 from ..errors import echo
 from ..serving import shared_imports
-from . import balance
+from . import balance, one_send
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,17 @@ class _Bounded:
             if conn in self._refused:  # ... but too late: it was answered 408 meanwhile
                 self._refused.discard(conn)
                 return False
-        return super().handle_request(req, conn)
+        sock = conn.sock
+        conn.sock = one_send.Joined(sock)  # the head waits to leave with the body
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            try:
+                conn.sock.finish()
+            except OSError:
+                pass  # the client left; gunicorn closes the connection as it would have
+            finally:
+                conn.sock = sock
 
     def _watch_heads(self) -> None:
         while True:
