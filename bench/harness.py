@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import http.client
@@ -21,6 +22,14 @@ from pathlib import Path
 from stat import S_ISREG
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def named_source(text: str) -> tuple[str, str]:
+    """`NAME=FILE` from the command line, as (name, file)."""
+    name, equals, file = text.partition("=")
+    if not (name and equals and file):
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, received {text!r}")
+    return name, file
 
 
 def free_port() -> int:

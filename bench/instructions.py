@@ -33,7 +33,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO, named_source  # noqa: E402
+
 SOURCES = {"ours": "main.py", "bare": "bench/bare_handler.py"}
 
 _HELPER = """
@@ -91,14 +93,6 @@ def build_helper(directory: Path) -> Path:
     source.write_text(_HELPER)
     subprocess.run([_COMPILER, "-O2", "-shared", "-fPIC", "-o", library, source], check=True)
     return library
-
-
-def named_source(text: str) -> tuple[str, str]:
-    """`NAME=FILE` from the command line, as (name, file)."""
-    name, equals, file = text.partition("=")
-    if not (name and equals and file):
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, received {text!r}")
-    return name, file
 
 
 def count(helper: Path, source: str, warm: int, requests: int, out: Path) -> tuple[dict, str]:
