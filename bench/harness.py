@@ -24,6 +24,18 @@ from stat import S_ISREG
 REPO = Path(__file__).resolve().parent.parent
 
 
+def add_source_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """`--source NAME=FILE`, as often as given: another entry point for a benchmark to run."""
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        type=named_source,
+        metavar="NAME=FILE",
+        help=help_text,
+    )
+
+
 def named_source(text: str) -> tuple[str, str]:
     """`NAME=FILE` from the command line, as (name, file)."""
     name, equals, file = text.partition("=")

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import REPO, named_source  # noqa: E402
+from harness import REPO, add_source_option  # noqa: E402
 
 SOURCES = {"ours": "main.py", "bare": "bench/bare_handler.py"}
 
@@ -128,14 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warm", type=int, default=200)
-    parser.add_argument(
-        "--source",
-        action="append",
-        default=[],
-        type=named_source,
-        metavar="NAME=FILE",
-        help="another handler to count beside the two (a main.py of your own)",
-    )
+    add_source_option(parser, "another handler to count beside the two (a main.py of your own)")
     args = parser.parse_args()
     for tool in ("valgrind", _COMPILER):
         if shutil.which(tool) is None:

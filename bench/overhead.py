@@ -1,6 +1,7 @@
 """Warm overhead: this function vs a hand-written function serving the same predictor.
 
 Usage: python bench/overhead.py [--seconds 3] [--rounds 6] [--generator python|wrk] [--log-reader]
+                                [--source NAME=FILE ...]
 
 Both are `functions-framework --target predict` processes with the same THREADS and
 WORKERS: this repository's main.py with no CPR_* variable (the bundled example, loaded
@@ -20,6 +21,10 @@ worker's user and system time over each run, per request. The load comes from
 `harness.load` (a Python thread per connection) or, with `--generator wrk`, from wrk.
 Each process's stderr goes to /dev/null, or with `--log-reader` to a pipe that another
 process reads, as a log agent would (then every request's log entry wakes that reader).
+Each `--source NAME=FILE` adds a process serving FILE (a main.py of your own, a variant
+of this function) with this function's settings, reported against the bare handler as
+the CPR_REQUEST_LOG=errors one is: `--source two-sends=bench/two_sends.py` measures
+gunicorn's own two sends a response beside the one send the function makes.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import GENERATORS, REPO, Function, Load, Summary, load  # noqa: E402
+from harness import GENERATORS, REPO, Function, Load, Summary, add_source_option, load  # noqa: E402
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 BODY = {"instances": [ROW]}
@@ -81,7 +86,9 @@ def measure(functions: dict[str, Function], *, rounds: int, seconds: float, gene
     return results
 
 
-def report(results: dict, *, rounds: int, seconds: float, generator: str) -> None:
+def report(
+    results: dict, *, rounds: int, seconds: float, generator: str, sources: dict[str, str]
+) -> None:
     median = statistics.median
 
     def ratios(side: str, connections: int) -> list[float]:
@@ -121,15 +128,19 @@ def report(results: dict, *, rounds: int, seconds: float, generator: str) -> Non
         )
     print("control: a second bare handler process against the first (identical code)")
     print()
-    print("this function with CPR_REQUEST_LOG=errors (no log entry for an answer of 200)")
-    print(f"{'conns':>5} {'throughput ratio':>17} {'(range)':>13} {'p50 added':>10} {'cpu':>9}")
-    for connections in CONNECTIONS:
-        quiet = results[("quiet", connections)]
-        print(
-            f"{connections:>5} {versus_bare('quiet', connections)} "
-            f"{median(c for _, c, _ in quiet) * 1e6:>9.0f}"
-        )
-    print()
+    variants = {
+        "quiet": "this function with CPR_REQUEST_LOG=errors (no log entry for an answer of 200)"
+    }
+    variants.update({name: f"{name}: {file}" for name, file in sources.items()})
+    for side, title in variants.items():
+        print(title)
+        print(f"{'conns':>5} {'throughput ratio':>17} {'(range)':>13} {'p50 added':>10} {'cpu':>9}")
+        for connections in CONNECTIONS:
+            print(
+                f"{connections:>5} {versus_bare(side, connections)} "
+                f"{median(c for _, c, _ in results[(side, connections)]) * 1e6:>9.0f}"
+            )
+        print()
     print("one process answering with the two handlers in turn: CPU in the handler (us/request)")
     print(f"{'conns':>5} {'ours':>7} {'bare':>7} {'added':>7} {'as a throughput ratio':>22}")
     for connections in CONNECTIONS:
@@ -153,7 +164,14 @@ def main() -> None:
         action="store_true",
         help="each process's stderr a pipe read by another process, not /dev/null",
     )
+    add_source_option(
+        parser, "another function to load beside the others, with this function's settings"
+    )
     args = parser.parse_args()
+    sources = dict(args.source)
+    taken = {"ours", "quiet", "bare", "control", "alternating"} & set(sources)
+    if taken:
+        parser.error(f"--source names {sorted(taken)} are the benchmark's own; choose others")
     bench = REPO / "bench"
     with tempfile.TemporaryDirectory(prefix="cpr-bench-overhead-") as cache:
         functions: dict[str, Function] = {}
@@ -164,6 +182,8 @@ def main() -> None:
             functions["quiet"] = Function({**settings, "CPR_REQUEST_LOG": "errors"}, **common)
             for side in ("bare", "control"):
                 functions[side] = Function(SETTINGS, source=bench / "bare_handler.py", **common)
+            for name, file in sources.items():
+                functions[name] = Function(settings, source=REPO / file, **common)
             functions["alternating"] = Function(
                 settings, source=bench / "alternate_handler.py", **common
             )
@@ -179,7 +199,9 @@ def main() -> None:
         finally:
             for fn in functions.values():
                 fn.stop()
-    report(results, rounds=args.rounds, seconds=args.seconds, generator=args.generator)
+    report(
+        results, rounds=args.rounds, seconds=args.seconds, generator=args.generator, sources=sources
+    )
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ RUNS = {
         + [rf"^ +the job at its defaults \(beam-2\) / online +{RATIO}"],
     ),
     "overhead": (
-        ["--seconds", "0.2", "--rounds", "1"],
-        # each connection count in the default's table and in CPR_REQUEST_LOG=errors' table
-        [(rf"^ +{c} +{RATIO} +\(", 2) for c in (1, 8)] + ["in turn"],
+        ["--seconds", "0.2", "--rounds", "1", "--source", "two-sends=bench/two_sends.py"],
+        # each connection count in the default's table, CPR_REQUEST_LOG=errors' and the source's
+        [(rf"^ +{c} +{RATIO} +\(", 3) for c in (1, 8)]
+        + ["^two-sends: bench/two_sends.py$", "in turn"],
     ),
     "microbatch": (
         ["--seconds", "0.2", "--rounds", "1", "--model", "example", "--ceiling"],
