@@ -1,5 +1,5 @@
-"""Bounds on what a client may send before the app sees a request, in functions-framework's
-gunicorn server, which sets none of its own.
+"""The workers of functions-framework's gunicorn server: bounds on what a client may send
+before the app sees a request (the server sets none of its own), and one send a response.
 
 functions-framework starts gunicorn with `limit_request_line=0` (a request line of any
 length) and gunicorn's thread worker reads a request's head on one of the worker's few
@@ -14,10 +14,11 @@ entry point in the gunicorn master before the server is built, makes the server:
   bytes, with 408, so that a handful of slow or broken clients cannot hold every thread.
   (A connection that sends nothing waits in gunicorn's poller, on no thread.)
 
-The bounded workers also send a response's head and body in one send (`one_send`).
-The same hook into gunicorn's configuration also has several worker processes take equal
-shares of the connections (`balance`), and the master import the framework libraries the
-workers will share once it listens (`shared_imports`).
+The bounded workers also send a response's head and body in one send, where gunicorn
+sends them in two (`one_send`). The same hook into gunicorn's configuration also has
+several worker processes take equal shares of the connections (`balance`), and the
+master import the framework libraries the workers will share once it listens
+(`shared_imports`).
 
 Nothing here runs unless functions-framework's gunicorn application is what serves.
 """
@@ -108,17 +109,16 @@ class _Bounded:
             if conn in self._refused:  # ... but too late: it was answered 408 meanwhile
                 self._refused.discard(conn)
                 return False
-        sock = conn.sock
-        conn.sock = one_send.Joined(sock)  # the head waits to leave with the body
+        # The head waits to leave with the body. Looked up on the module when called, so
+        # that bench/two_sends.py can put gunicorn's two sends back to measure them.
+        sock, joined = conn.sock, one_send.Joined(conn.sock)
+        conn.sock = joined
         try:
-            return super().handle_request(req, conn)
+            keep_alive = super().handle_request(req, conn)
+            joined.finish()  # a response with no body: its head leaves now
+            return keep_alive
         finally:
-            try:
-                conn.sock.finish()
-            except OSError:
-                pass  # the client left; gunicorn closes the connection as it would have
-            finally:
-                conn.sock = sock
+            conn.sock = sock  # what gunicorn's poller and error pages use
 
     def _watch_heads(self) -> None:
         while True:
