@@ -2,7 +2,8 @@
 
 The socket tests use a SOCK_SEQPACKET pair, which keeps every send a message of its own,
 so that what the other end receives shows how many sends there were. The last test reads
-answers of every shape, in order, on one kept connection to a real function process."""
+answers with a body, without one (HEAD) and after a 100 Continue, in order, on one kept
+connection to a real function process."""
 
 from __future__ import annotations
 
@@ -68,16 +69,15 @@ def test_a_head_with_no_body_is_sent_when_the_response_ends(pair):
 
 
 def test_the_head_goes_before_anything_else_done_with_the_socket(pair):
-    """gunicorn sends a file's body with os.sendfile on the socket's descriptor, and a
-    100 Continue with `send`: the waiting head must not be overtaken."""
+    """gunicorn sends a file's body with the socket's `sendfile`, and a 100 Continue with
+    `send`: the waiting head must not be overtaken."""
     ours, theirs = pair
     joined = Joined(ours)
+    joined.send(b"100 Continue")
     joined.sendall(b"the head")
-    assert joined.fileno() == ours.fileno()
-    assert _messages(theirs) == [b"the head"]
-    ours.send(b"the file")
+    joined.send(b"the file")
     joined.finish()
-    assert _messages(theirs) == [b"the file"]
+    assert _messages(theirs) == [b"100 Continue", b"the head", b"the file"]
 
 
 def _answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
@@ -94,44 +94,49 @@ def _answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
         status = int(lines[0].split()[1])
         length = int(headers["content-length"])
         while len(data) < length:
-            data += sock.recv(1 << 16)
+            chunk = sock.recv(1 << 16)
+            assert chunk, f"the connection ended inside answer {len(found) + 1}'s body"
+            data += chunk
         found.append((status, data[:length]))
         data = data[length:]
     return found
 
 
-def test_answers_of_every_shape_arrive_whole_and_in_order_on_one_connection(function, tmp_path):
+def test_answers_arrive_whole_and_in_order_on_one_connection(function, tmp_path):
+    """A prediction, a HEAD (a head with no body: sent when the response ends), a 404, and
+    a prediction whose client waits for 100 Continue before its body, as curl does for
+    bodies over 1 KiB; each answer must be whole for the next one to parse."""
     served = function({"CPR_CACHE_DIR": str(tmp_path / "cache")}, threads=4)
     body = json.dumps({"instances": IRIS}).encode()
-    post = (
+    head = (
         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        b"Content-Length: %d\r\n" % len(body)
     )
-    requests = [
-        post,
-        b"HEAD /predict HTTP/1.1\r\nHost: x\r\n\r\n",  # an answer with a head and no body
-        b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n",
-        post,
-    ]
+    expected = {"predictions": iris_expected(EXAMPLES / "model", IRIS)}
     with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
-        answers = []
-        for request in requests:
-            sock.sendall(request)
-            if request.startswith(b"HEAD"):
-                answers.append(_head_only(sock))
-            else:
-                answers += _answers(sock, 1)
-    expected = json.dumps({"predictions": iris_expected(EXAMPLES / "model", IRIS)})
-    assert [status for status, _ in answers] == [200, 405, 404, 200]
-    assert json.loads(answers[0][1]) == json.loads(expected) == json.loads(answers[3][1])
-    assert answers[1][1] == b"", "a HEAD answer carries no body"
-    assert "no route for /nowhere;" in json.loads(answers[2][1])["error"]
+        sock.sendall(head + b"\r\n" + body)
+        [(status, answer)] = _answers(sock, 1)
+        assert status == 200 and json.loads(answer) == expected
+
+        sock.sendall(b"HEAD /predict HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _head(sock).startswith(b"HTTP/1.1 405 ")
+
+        sock.sendall(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(status, error)] = _answers(sock, 1)
+        assert status == 404 and "no route for /nowhere;" in json.loads(error)["error"]
+
+        sock.sendall(head + b"Expect: 100-continue\r\n\r\n")
+        assert _head(sock) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        [(status, answer)] = _answers(sock, 1)
+        assert status == 200 and json.loads(answer) == expected
 
 
-def _head_only(sock: socket.socket) -> tuple[int, bytes]:
+def _head(sock: socket.socket) -> bytes:
+    """One answer's head, read a byte at a time so that nothing after it is taken."""
     data = b""
     while not data.endswith(b"\r\n\r\n"):
         chunk = sock.recv(1)
-        assert chunk, "the connection ended before the head of a HEAD answer"
+        assert chunk, f"the connection ended inside a head: {data!r}"
         data += chunk
-    return int(data.split(b" ", 2)[1]), b""
+    return data
