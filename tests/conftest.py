@@ -641,4 +641,11 @@ def listening(command: list[str], *, cwd: Path, env: dict[str, str]):
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            # The test fails on a server that will not stop; killing it keeps that failure
+            # from spilling into the next test as a process still running.
+            proc.kill()
+            proc.wait()
+            raise
