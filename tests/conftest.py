@@ -329,12 +329,7 @@ class FunctionProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 15)
         self._log.close()
 
 
@@ -624,6 +619,19 @@ def venv_with(tmp: Path, install: list[str], *, cwd: Path | None = None) -> Path
     return venv
 
 
+def stop_process(proc: subprocess.Popen, seconds: float) -> bool:
+    """Stops `proc` as a host stops a server (SIGTERM), and kills it if it has not exited
+    `seconds` later; whether it stopped in time."""
+    proc.terminate()
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def listening(command: list[str], *, cwd: Path, env: dict[str, str]):
     """Runs `command`, `{port}` in it replaced by a free port; yields the URL it listens on,
@@ -640,12 +648,7 @@ def listening(command: list[str], *, cwd: Path, env: dict[str, str]):
         wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            # The test fails on a server that will not stop; killing it keeps that failure
-            # from spilling into the next test as a process still running.
-            proc.kill()
-            proc.wait()
-            raise
+        # The test fails on a server that will not stop; it is killed first, so that the
+        # failure does not spill into the next test as a process still running.
+        if not stop_process(proc, 30):
+            raise AssertionError(f"{command[0]} had not stopped 30 s after SIGTERM")
