@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import uuid
 import zipfile
@@ -619,17 +620,32 @@ def venv_with(tmp: Path, install: list[str], *, cwd: Path | None = None) -> Path
     return venv
 
 
-def stop_process(proc: subprocess.Popen, seconds: float) -> bool:
+def stop_process(proc: subprocess.Popen, seconds: float) -> str | None:
     """Stops `proc` as a host stops a server (SIGTERM), and kills it if it has not exited
-    `seconds` later; whether it stopped in time."""
+    `seconds` later. None when it stopped in time; otherwise where it hung: the Python
+    stacks of it and its children just before the kill."""
     proc.terminate()
     try:
         proc.wait(seconds)
     except subprocess.TimeoutExpired:
+        stacks = python_stacks(proc.pid)
         proc.kill()
         proc.wait()
-        return False
-    return True
+        return stacks
+    return None
+
+
+def python_stacks(pid: int) -> str:
+    """Every thread's Python stack in process `pid` and its children, read by py-spy (a
+    development requirement), or why they could not be read."""
+    command = [str(Path(sys.executable).with_name("py-spy")), "dump", "--subprocesses"]
+    try:
+        done = subprocess.run(
+            [*command, "--pid", str(pid)], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no stacks: {exc})"
+    return done.stdout + done.stderr
 
 
 @contextlib.contextmanager
@@ -637,18 +653,25 @@ def listening(command: list[str], *, cwd: Path, env: dict[str, str]):
     """Runs `command`, `{port}` in it replaced by a free port; yields the URL it listens on,
     and ends it afterwards."""
     port = free_port()
-    proc = subprocess.Popen(
-        [arg.replace("{port}", str(port)) for arg in command],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        # The test fails on a server that will not stop; it is killed first, so that the
-        # failure does not spill into the next test as a process still running.
-        if not stop_process(proc, 30):
-            raise AssertionError(f"{command[0]} had not stopped 30 s after SIGTERM")
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(
+            [arg.replace("{port}", str(port)) for arg in command],
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, proc)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            # The test fails on a server that will not stop; it is killed first, so that the
+            # failure does not spill into the next test as a process still running.
+            stacks = stop_process(proc, 30)
+            if stacks is not None:
+                output.seek(0)
+                printed = output.read().decode(errors="replace")[-4000:]
+                raise AssertionError(
+                    f"{command[0]} had not stopped 30 s after SIGTERM; its stacks then:\n"
+                    f"{stacks}\nwhat it printed, the end:\n{printed}"
+                )
