@@ -3,6 +3,7 @@ headers. Each against a real function process over raw sockets."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import select
 import socket
@@ -113,3 +114,26 @@ def test_slow_heads_cannot_hold_every_thread(served):
     assert [a.status_code for a in answers] == [200] * 40
     assert all(a.json() == EXPECTED for a in answers)
     assert refused == [408] * 4
+
+
+def test_functions_framework_request_timeouts_keep_connections_alive(function, tmp_path):
+    """functions-framework's timeout worker closed every connection after one response that
+    announced keep-alive; a client sending its next request on it found it closed."""
+    served = function(
+        {
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+            "THREADED_TIMEOUT_ENABLED": "true",
+            "CLOUD_RUN_TIMEOUT_SECONDS": "30",
+        },
+        threads=4,
+    )
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    body = json.dumps({"instances": IRIS})
+    try:
+        for _ in range(3):
+            connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            assert answer.status == 200 and json.loads(answer.read()) == EXPECTED
+            assert answer.getheader("Connection") == "keep-alive"
+    finally:
+        connection.close()

@@ -212,14 +212,29 @@ class BoundedThreadWorker(_Bounded, _thread_worker()):
 
 
 def _timeout_worker():
-    try:
-        from functions_framework._http.gunicorn import GThreadWorkerWithTimeoutSupport
-    except ImportError:
-        return _thread_worker()
+    # In every functions-framework release requirements.txt admits (3.8 and later).
+    from functions_framework._http.gunicorn import GThreadWorkerWithTimeoutSupport
+
     return GThreadWorkerWithTimeoutSupport
 
 
-class BoundedTimeoutWorker(_Bounded, _timeout_worker()):
+class _KeptAlive:
+    """functions-framework's timeout worker (`THREADED_TIMEOUT_ENABLED=true` with
+    `CLOUD_RUN_TIMEOUT_SECONDS`) drops what gunicorn's `handle_request` returns, whether
+    the connection stays open: every connection was closed after one response, though
+    the response had announced keep-alive, and a client that sent its next request on it
+    found it closed. Here the same timeout wraps gunicorn's own `handle_request`, and
+    its answer is kept."""
+
+    def handle_request(self, req, conn):
+        from functions_framework._http import gunicorn as host
+        from functions_framework.request_timeout import ThreadingTimeout
+
+        with ThreadingTimeout(host.TIMEOUT_SECONDS):
+            return _thread_worker().handle_request(self, req, conn)
+
+
+class BoundedTimeoutWorker(_Bounded, _KeptAlive, _timeout_worker()):
     """functions-framework's thread worker with request timeouts, with the bounds above."""
 
 
