@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import ClassVar
 
 ECHOED = 200  # characters of anything a client sent that a message or log line repeats
@@ -89,6 +91,27 @@ class PredictTimeout(CprError):
     """The predictor ran past `CPR_PREDICT_TIMEOUT`."""
 
     status_code = 504
+
+
+class RequestTimeout(CprError):
+    """functions-framework's own deadline on the whole request passed."""
+
+    status_code = 504
+
+
+def host_timeout(exc: BaseException) -> RequestTimeout | None:
+    """The answer when `exc` is what functions-framework raises in a request's thread at its
+    deadline (`THREADED_TIMEOUT_ENABLED=true` with `CLOUD_RUN_TIMEOUT_SECONDS`), mostly
+    inside a slow predictor; None for any other exception."""
+    # Not imported here: where functions-framework is not loaded (a batch job), it raised nothing.
+    raised = sys.modules.get("functions_framework.exceptions")
+    if raised is None or not isinstance(exc, raised.RequestTimeoutException):
+        return None
+    seconds = os.environ.get("CLOUD_RUN_TIMEOUT_SECONDS", "")
+    return RequestTimeout(
+        f"the request ran past functions-framework's {seconds} s deadline "
+        "(CLOUD_RUN_TIMEOUT_SECONDS, with THREADED_TIMEOUT_ENABLED=true)"
+    )
 
 
 class UpstreamError(CprError):

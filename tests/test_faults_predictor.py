@@ -236,3 +236,26 @@ def test_at_sigterm_requests_to_a_version_apart_all_finish_within_the_grace(
         took = time.monotonic() - started
     assert [a.status_code for a in answers] == [200] * 8
     assert took < 10, f"the function took {took:.1f} s to stop"
+
+
+def test_functions_framework_request_deadline_is_answered_504(function, kit, tmp_path):
+    """functions-framework's deadline (THREADED_TIMEOUT_ENABLED with CLOUD_RUN_TIMEOUT_SECONDS)
+    raises an exception in the request's thread; it is answered as a deadline, not as the
+    predictor's failure, and the process serves on."""
+    models = {"models": {"kit": {"versions": {"sleepy": _version(kit, "Sleepy")}}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    env = {
+        "CPR_MODELS": str(tmp_path / "models.json"),
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        "THREADED_TIMEOUT_ENABLED": "true",
+        "CLOUD_RUN_TIMEOUT_SECONDS": "1",
+    }
+    served = function(env, threads=4)
+    assert served.predict({"instances": [0]}).status_code == 200
+    late = served.predict({"instances": [2]})
+    assert late.status_code == 504
+    assert late.json() == {
+        "error": "the request ran past functions-framework's 1 s deadline "
+        "(CLOUD_RUN_TIMEOUT_SECONDS, with THREADED_TIMEOUT_ENABLED=true)"
+    }
+    assert served.predict({"instances": [0]}).json() == {"predictions": [0]}

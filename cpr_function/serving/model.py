@@ -11,7 +11,7 @@ from typing import Any
 from ..catalog import VersionSpec
 from ..compat import legacy
 from ..config import Config
-from ..errors import CprError, PredictorError, PredictTimeout, Relayed
+from ..errors import CprError, PredictorError, PredictTimeout, Relayed, host_timeout
 from ..loading.storage import Storage
 from ..shims import Shims
 from . import batching, deaths, gcpause
@@ -205,6 +205,9 @@ class LazyModel:
 
 def _failure(exc: BaseException) -> CprError:
     """The error to answer with when a predictor raised."""
+    timeout = host_timeout(exc)
+    if timeout is not None:
+        return timeout
     status = _client_error_status(exc)
     if status is not None:
         # A Vertex AI predictor refusing its input, as it would on Vertex AI.
