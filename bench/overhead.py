@@ -1,7 +1,7 @@
 """Warm overhead: this function vs a hand-written function serving the same predictor.
 
 Usage: python bench/overhead.py [--seconds 3] [--rounds 6] [--generator python|wrk] [--log-reader]
-                                [--source NAME=FILE ...]
+                                [--no-pin] [--source NAME=FILE ...]
 
 Both are `functions-framework --target predict` processes with the same THREADS and
 WORKERS: this repository's main.py with no CPR_* variable (the bundled example, loaded
@@ -25,6 +25,12 @@ Each `--source NAME=FILE` adds a process serving FILE (a main.py of your own, a 
 of this function) with this function's settings, reported against the bare handler as
 the CPR_REQUEST_LOG=errors one is: `--source two-sends=bench/two_sends.py` measures
 gunicorn's own two sends a response beside the one send the function makes.
+
+With two CPUs or more, the processes served run on the last CPU and the load (wrk, or
+the Python threads) on the others, unless `--no-pin`: a 1-vCPU instance's shape, where
+the load never takes the server's CPU and no process moves between CPUs mid-round. On
+a noisy 2-core machine, unpinned rounds at 1 connection ranged 0.74x to 1.17x and
+pinned ones 0.93x to 0.97x (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -164,10 +170,18 @@ def main() -> None:
         action="store_true",
         help="each process's stderr a pipe read by another process, not /dev/null",
     )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the processes served on the last CPU, the load on the others (default: on)",
+    )
     add_source_option(
         parser, "another function to load beside the others, with this function's settings"
     )
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = args.pin and len(cpus) > 1
     sources = dict(args.source)
     taken = {"ours", "quiet", "bare", "control", "alternating"} & set(sources)
     if taken:
@@ -176,6 +190,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cpr-bench-overhead-") as cache:
         functions: dict[str, Function] = {}
         try:
+            if pinned:  # on Linux this thread's: the processes it starts inherit it
+                os.sched_setaffinity(0, cpus[-1:])
             settings = {**SETTINGS, "CPR_CACHE_DIR": cache}
             common = {"threads": THREADS, "log_reader": args.log_reader}
             functions["ours"] = Function(settings, **common)
@@ -187,6 +203,8 @@ def main() -> None:
             functions["alternating"] = Function(
                 settings, source=bench / "alternate_handler.py", **common
             )
+            if pinned:  # the load's threads and wrk start from this thread from now on
+                os.sched_setaffinity(0, cpus[:-1])
             answers = [fn.call("/predict", BODY) for fn in functions.values()]
             answers.append(functions["alternating"].call("/predict", BODY))  # the other side
             if len({json.dumps(a) for a in answers}) != 1:
@@ -199,8 +217,13 @@ def main() -> None:
         finally:
             for fn in functions.values():
                 fn.stop()
+    placed = f"served on CPU {cpus[-1]}, load on {','.join(map(str, cpus[:-1]))}"
     report(
-        results, rounds=args.rounds, seconds=args.seconds, generator=args.generator, sources=sources
+        results,
+        rounds=args.rounds,
+        seconds=args.seconds,
+        generator=f"{args.generator}, {placed if pinned else 'unpinned'}",
+        sources=sources,
     )
 
 

@@ -37,7 +37,9 @@ RUNS = {
         ["--seconds", "0.2", "--rounds", "1", "--source", "two-sends=bench/two_sends.py"],
         # each connection count in the default's table, CPR_REQUEST_LOG=errors' and the source's
         [(rf"^ +{c} +{RATIO} +\(", 3) for c in (1, 8)]
-        + ["^two-sends: bench/two_sends.py$", "in turn"],
+        + ["^two-sends: bench/two_sends.py$", "in turn"]
+        # the processes served on one CPU and the load on the others, where there are two
+        + [r"load from python, (served on CPU \d+, load on [\d,]+|unpinned)$"],
     ),
     "microbatch": (
         ["--seconds", "0.2", "--rounds", "1", "--model", "example", "--ceiling"],
