@@ -59,29 +59,35 @@ class App:
         # From the WSGI environ: `request.headers` raises and catches a KeyError per absent header.
         trace = logs.trace_from(request.environ.get("HTTP_X_CLOUD_TRACE_CONTEXT"))
         token = logs.TRACE.set(trace)
-        headers, note = {}, {}
+        note = {}
         try:
-            status, body = self._route(request, note)
-        except CprError as exc:
-            if exc.status_code >= 500:
-                log.error(
-                    "%s %s -> %d: %s", request.method, echo(request.path), exc.status_code, exc
-                )
-            status = exc.status_code
-            message = self._without_local_paths(str(exc))
-            body = protocol.error_body(message, status, google=_google(request.path))
-            headers = exc.headers
-        except Exception:
-            log.exception("unexpected error on %s %s", request.method, echo(request.path))
-            status = 500
-            message = "internal error; the details are in the function's log"
-            body = protocol.error_body(message, status, google=_google(request.path))
-        try:
+            status, body, headers = self._answer(request, note)
             return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
         finally:
             if self.config.logs_request(status):
                 _log_request(request, status, time.perf_counter() - started, note)
             logs.TRACE.reset(token)
+
+    def _answer(self, request, note: dict) -> tuple[int, bytes, dict]:
+        """The status, body and headers answering the request, its errors included."""
+        try:
+            status, body = self._route(request, note)
+        except Exception as exc:
+            return self._error(request, exc)
+        return status, body, {}
+
+    def _error(self, request, exc: Exception) -> tuple[int, bytes, dict]:
+        """The answer to an error: a CprError's own status and message, or a 500 that says
+        no more than that the log has the details."""
+        if not isinstance(exc, CprError):
+            log.error("unexpected error on %s %s", request.method, echo(request.path), exc_info=exc)
+            message = "internal error; the details are in the function's log"
+            return 500, protocol.error_body(message, 500, google=_google(request.path)), {}
+        if exc.status_code >= 500:
+            log.error("%s %s -> %d: %s", request.method, echo(request.path), exc.status_code, exc)
+        status, message = exc.status_code, self._without_local_paths(str(exc))
+        body = protocol.error_body(message, status, google=_google(request.path))
+        return status, body, exc.headers
 
     def _without_local_paths(self, message: str) -> str:
         """The message with this machine's cache and code directories named, not spelled out:
