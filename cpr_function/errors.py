@@ -93,6 +93,12 @@ class PredictTimeout(CprError):
     status_code = 504
 
 
+class BodyTimeout(CprError):
+    """A request's body stopped arriving before it was whole (`http.body_deadline`)."""
+
+    status_code = 408
+
+
 class RequestTimeout(CprError):
     """functions-framework's own deadline on the whole request passed."""
 

@@ -296,6 +296,7 @@ _RPC_STATUS = {
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",  # the request's body did not arrive in time
     413: "INVALID_ARGUMENT",
     500: "INTERNAL",
     502: "UNAVAILABLE",

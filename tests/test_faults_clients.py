@@ -1,5 +1,5 @@
-"""What a client sends before the app sees a request: slow heads, huge request lines and
-headers. Each against a real function process over raw sockets."""
+"""What a client sends before the app has what it needs: slow heads and bodies, huge request
+lines and headers. Each against a real function process over raw sockets."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def _raw(port: int, data: bytes, *, timeout: float = 30) -> tuple[int, dict, byt
         answer = b""
         while chunk := sock.recv(1 << 16):
             answer += chunk
+    return _parsed(answer)
+
+
+def _parsed(answer: bytes) -> tuple[int, dict, bytes]:
+    """The status, headers and body of an HTTP answer."""
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
@@ -114,6 +119,95 @@ def test_slow_heads_cannot_hold_every_thread(served):
     assert [a.status_code for a in answers] == [200] * 40
     assert all(a.json() == EXPECTED for a in answers)
     assert refused == [408] * 4
+
+
+def _send_body(
+    port: int, path: str, parts: list[bytes], *, length: int, pause: float, method: str = "POST"
+):
+    """Sends a head announcing `length` bytes of body, then `parts` with `pause` seconds
+    between them; the status, headers and body answered, and the seconds until the answer
+    began."""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        started = time.monotonic()
+        sock.sendall(head + parts[0])
+        for part in parts[1:]:
+            if select.select([sock], [], [], pause)[0]:
+                break  # answered already
+            sock.sendall(part)
+        select.select([sock], [], [], 60)
+        waited = time.monotonic() - started
+        answer = b""
+        while chunk := sock.recv(1 << 16):
+            answer += chunk
+    return *_parsed(answer), waited
+
+
+def test_stalled_bodies_cannot_hold_every_thread(served):
+    """As many connections as the worker has threads send their heads and the start of a
+    body, then nothing, and would hold their threads for good; 40 ordinary requests
+    meanwhile are all answered, and the stalled ones are answered 408 in JSON once the body
+    is 5 s late, whatever their route, and closed."""
+    body = json.dumps({"instances": IRIS}).encode()
+    # The last is answered by functions-framework's routing, before the function is called.
+    routes = [
+        ("POST", "/predict"),
+        ("POST", "/predict"),
+        ("POST", "/v1/projects/p/models/default:predict"),
+        ("GET", "/favicon.ico"),
+    ]
+
+    def stall(method: str, path: str):
+        parts = [body[:10]]
+        return _send_body(served.port, path, parts, length=len(body), pause=0, method=method)
+
+    with ThreadPoolExecutor(len(routes)) as stalled:
+        refusals = [stalled.submit(stall, *route) for route in routes]
+        time.sleep(1.5)  # every thread of the worker now waits for a body
+
+        def ordinary(_) -> requests.Response:
+            return requests.post(served.url + "/predict", json={"instances": IRIS}, timeout=30)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ordinary, range(40)))
+        refused = [future.result() for future in refusals]
+    assert [a.status_code for a in answers] == [200] * 40
+    assert all(a.json() == EXPECTED for a in answers)
+    for (_, path), (status, headers, answer, waited) in zip(routes, refused, strict=True):
+        assert (status, headers["Connection"]) == (408, "close")
+        error = json.loads(answer)["error"]
+        if path.startswith("/v1/"):  # Google's shape on Google's routes
+            assert (error["code"], error["status"]) == (408, "DEADLINE_EXCEEDED")
+            error = error["message"]
+        assert error.startswith(
+            "the request's body did not arrive in time: a body must come within 5 s of the "
+            "request's headers, plus a second for every 16 KiB of it, and this one had not "
+            "after 5.0 s"
+        )
+        assert waited >= 5
+    assert served.wait_for_log(lambda log: log.count("-> 408 in") == 3)
+    assert served.wait_for_log("GET /favicon.ico -> 408 refused by the host")
+
+
+def test_a_body_sent_steadily_gets_more_time(served):
+    """A body is given 5 s and a second more for every 16 KiB that arrived: 160 KB and then,
+    7 s later, the last bytes are answered; 1 KB and then the last bytes 8 s later are not."""
+    instances = json.dumps({"instances": IRIS}).encode()
+    for _ in range(4):  # both workers warm: the time counts from when one reads the head
+        requests.post(served.url + "/predict", data=instances, timeout=60).raise_for_status()
+
+    def send(size: int, pause: float):
+        body = instances[:-1] + b" " * (size - len(instances)) + b"}"  # JSON's own spaces
+        parts = [body[:-10], body[-10:]]
+        return _send_body(served.port, "/predict", parts, length=len(body), pause=pause)
+
+    with ThreadPoolExecutor(2) as pool:
+        large, small = pool.map(send, (160_000, 1_000), (7, 8))
+    assert large[0] == 200 and json.loads(large[2]) == EXPECTED
+    assert small[0] == 408 and small[1]["Connection"] == "close"
 
 
 def test_functions_framework_request_timeouts_keep_connections_alive(function, tmp_path):

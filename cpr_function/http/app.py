@@ -12,7 +12,7 @@ from typing import Any
 from .. import logs, models_file, protocol
 from ..catalog import Catalog
 from ..config import Config
-from ..errors import CprError, MethodNotAllowed, echo
+from ..errors import BodyTimeout, CprError, MethodNotAllowed, echo
 from ..loading.storage import Storage
 from ..serving.registry import Registry
 from . import routes
@@ -21,6 +21,7 @@ from .handlers import Handlers
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
+_REST_CHUNK = 1 << 16
 
 
 class App:
@@ -72,9 +73,15 @@ class App:
         """The status, body and headers answering the request, its errors included."""
         try:
             status, body = self._route(request, note)
+            if request.method == "POST":  # the routes that take a body have read it
+                return status, body, {}
+            answer = status, body, {}
         except Exception as exc:
-            return self._error(request, exc)
-        return status, body, {}
+            answer = self._error(request, exc)
+        # functions-framework reads the rest of every body once the answer is made, where
+        # a body that stops arriving could no longer be answered: read it here first.
+        late = _read_rest(request)
+        return answer if late is None else self._error(request, late)
 
     def _error(self, request, exc: Exception) -> tuple[int, bytes, dict]:
         """The answer to an error: a CprError's own status and message, or a 500 that says
@@ -102,7 +109,9 @@ class App:
 
         request = flask.request
         status = exc.code or 500
-        if status == 404:
+        if (late := _read_rest(request)) is not None:  # as `_answer` does
+            status, message = late.status_code, str(late)
+        elif status == 404:
             message = f"no route for {echo(request.path)!r}; expected POST / or POST /predict"
         else:
             message = f"{exc.name}: the request was refused before it reached the model"
@@ -160,6 +169,20 @@ def load_catalog(config: Config) -> Catalog:
         return config.catalog
     # A storage client of its own: this runs at import, in the gunicorn master, before the fork.
     return models_file.load(config.models_file, Storage.configured(config))
+
+
+def _read_rest(request) -> BodyTimeout | None:
+    """Reads what is left of the request's body, a piece at a time: the error if the body
+    stopped arriving (`http.body_deadline`). Any other failure to read it is left to the
+    next reader."""
+    try:
+        while request.stream.read(_REST_CHUNK):
+            pass
+    except BodyTimeout as late:
+        return late
+    except Exception:
+        pass
+    return None
 
 
 def _log_request(request, status: int, seconds: float, note: dict) -> None:

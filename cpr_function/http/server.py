@@ -13,6 +13,8 @@ entry point in the gunicorn master before the server is built, makes the server:
 - end a connection whose request head has not arrived `HEAD_SECONDS` after its first
   bytes, with 408, so that a handful of slow or broken clients cannot hold every thread.
   (A connection that sends nothing waits in gunicorn's poller, on no thread.)
+- have the app answer 408 to a request whose body stops arriving, for the same reason
+  (`body_deadline`).
 
 The bounded workers also send a response's head and body in one send, where gunicorn
 sends them in two (`one_send`). The same hook into gunicorn's configuration also has
@@ -35,7 +37,7 @@ import orjson
 
 from ..errors import echo
 from ..serving import shared_imports
-from . import balance, one_send
+from . import balance, body_deadline, one_send
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +115,19 @@ class _Bounded:
         # that bench/two_sends.py can put gunicorn's two sends back to measure them.
         sock, joined = conn.sock, one_send.Joined(conn.sock)
         conn.sock = joined
+        # The body is read against its deadline, from the socket gunicorn's reader holds.
+        unreader = getattr(req, "unreader", None)
+        source = getattr(unreader, "sock", None)
+        if source is not None:
+            unreader.sock = body_deadline.Deadline(source, req)
         try:
             keep_alive = super().handle_request(req, conn)
             joined.finish()  # a response with no body: its head leaves now
             return keep_alive
         finally:
             conn.sock = sock  # what gunicorn's poller and error pages use
+            if source is not None:
+                unreader.sock = source
 
     def _watch_heads(self) -> None:
         while True:
