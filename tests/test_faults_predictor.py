@@ -238,11 +238,17 @@ def test_at_sigterm_requests_to_a_version_apart_all_finish_within_the_grace(
     assert took < 10, f"the function took {took:.1f} s to stop"
 
 
-def test_functions_framework_request_deadline_is_answered_504(function, kit, tmp_path):
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_functions_framework_request_deadline_is_answered_504(function, kit, tmp_path, isolation):
     """functions-framework's deadline (THREADED_TIMEOUT_ENABLED with CLOUD_RUN_TIMEOUT_SECONDS)
     raises an exception in the request's thread; it is answered as a deadline, not as the
-    predictor's failure, and the process serves on."""
-    models = {"models": {"kit": {"versions": {"sleepy": _version(kit, "Sleepy")}}}}
+    predictor's failure nor as an internal error, and the process serves on: the predictor
+    in the request's process, or in a process of its own while the request's thread waits
+    for its answer (two versions)."""
+    versions = {"sleepy": _version(kit, "Sleepy")}
+    if isolation == "process":
+        versions["echo"] = _version(kit, "Echo")
+    models = {"models": {"kit": {"default_version": "sleepy", "versions": versions}}}
     (tmp_path / "models.json").write_text(json.dumps(models))
     env = {
         "CPR_MODELS": str(tmp_path / "models.json"),
@@ -251,6 +257,7 @@ def test_functions_framework_request_deadline_is_answered_504(function, kit, tmp
         "CLOUD_RUN_TIMEOUT_SECONDS": "1",
     }
     served = function(env, threads=4)
+    assert served.status()["isolation"] == isolation
     assert served.predict({"instances": [0]}).status_code == 200
     late = served.predict({"instances": [2]})
     assert late.status_code == 504

@@ -12,7 +12,7 @@ from typing import Any
 from .. import logs, models_file, protocol
 from ..catalog import Catalog
 from ..config import Config
-from ..errors import BodyTimeout, CprError, MethodNotAllowed, echo
+from ..errors import BodyTimeout, CprError, MethodNotAllowed, echo, host_timeout
 from ..loading.storage import Storage
 from ..serving.registry import Registry
 from . import routes
@@ -86,6 +86,9 @@ class App:
     def _error(self, request, exc: Exception) -> tuple[int, bytes, dict]:
         """The answer to an error: a CprError's own status and message, or a 500 that says
         no more than that the log has the details."""
+        # functions-framework's deadline, wherever in the request it fell: waiting for a
+        # forwarded call or a version's own process, say (in a predictor: serving.model).
+        exc = host_timeout(exc) or exc
         if not isinstance(exc, CprError):
             log.error("unexpected error on %s %s", request.method, echo(request.path), exc_info=exc)
             message = "internal error; the details are in the function's log"
