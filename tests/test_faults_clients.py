@@ -231,3 +231,30 @@ def test_functions_framework_request_timeouts_keep_connections_alive(function, t
             assert answer.getheader("Connection") == "keep-alive"
     finally:
         connection.close()
+
+
+def test_functions_framework_deadline_while_a_body_arrives_is_answered_504(function, tmp_path):
+    """functions-framework's deadline passing while the request's body still arrives lands
+    in the read of the body: the client is answered 504, naming the deadline, where it was
+    answered nothing at all, and the process serves on."""
+    served = function(
+        {
+            "CPR_CACHE_DIR": str(tmp_path / "cache"),
+            "THREADED_TIMEOUT_ENABLED": "true",
+            "CLOUD_RUN_TIMEOUT_SECONDS": "1",
+        },
+        threads=4,
+    )
+    body = json.dumps({"instances": IRIS}).encode()
+    for _ in range(10):  # loaded, and answered within the deadline
+        if served.predict({"instances": IRIS}).status_code == 200:
+            break
+    status, headers, answer, _ = _send_body(
+        served.port, "/predict", [body[:10], body[10:]], length=len(body), pause=2
+    )
+    assert (status, headers["Connection"]) == (504, "close")
+    assert json.loads(answer) == {
+        "error": "the request ran past functions-framework's 1 s deadline "
+        "(CLOUD_RUN_TIMEOUT_SECONDS, with THREADED_TIMEOUT_ENABLED=true)"
+    }
+    assert served.predict({"instances": IRIS}).json() == EXPECTED

@@ -79,9 +79,11 @@ class App:
         except Exception as exc:
             answer = self._error(request, exc)
         # functions-framework reads the rest of every body once the answer is made, where
-        # a body that stops arriving could no longer be answered: read it here first.
+        # a body that stops arriving could no longer be answered: read it here first. A
+        # late body is the answer unless this function failed first (functions-framework's
+        # deadline landing while the body was read, say).
         late = _read_rest(request)
-        return answer if late is None else self._error(request, late)
+        return answer if late is None or answer[0] >= 500 else self._error(request, late)
 
     def _error(self, request, exc: Exception) -> tuple[int, bytes, dict]:
         """The answer to an error: a CprError's own status and message, or a 500 that says

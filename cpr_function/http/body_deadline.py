@@ -10,9 +10,10 @@ from. Each read may wait only until the body's deadline: `GRACE_SECONDS` after t
 read the request's head, plus a second for every `BYTES_A_SECOND` bytes received since. A
 large body sent at a steady pace gets through however long it takes; one that stalls or
 trickles does not. At the deadline the read raises `BodyTimeout`, which the app answers
-with 408, and the connection closes after the answer. Later reads find the body ended, so
-that what reads the rest of it (functions-framework reads every request's body before
-answering) does not wait a second time.
+with 408, and the connection closes after the answer, as it does when a read fails
+otherwise (functions-framework's own deadline landing in it, say). Later reads find the
+body ended, so that what reads the rest of it (functions-framework reads every request's
+body before answering) does not wait a second time.
 """
 
 from __future__ import annotations
@@ -53,14 +54,21 @@ class Deadline:
             data = self._sock.recv(size, *flags)
         except TimeoutError:
             self._expire(allowed)
+        except BaseException:  # the connection failed, or functions-framework's deadline came
+            self._end()
+            raise
         finally:
             self._sock.settimeout(None)  # blocking again, as gunicorn keeps it
         self._received += len(data)
         return data
 
-    def _expire(self, allowed: float) -> NoReturn:
+    def _end(self) -> None:
+        """No more of the body is read; its connection closes after the answer."""
         self._late = True
         self._request.must_close = True
+
+    def _expire(self, allowed: float) -> NoReturn:
+        self._end()
         raise BodyTimeout(
             f"the request's body did not arrive in time: a body must come within "
             f"{GRACE_SECONDS:g} s of the request's headers, plus a second for every "
