@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -208,6 +209,40 @@ def test_a_body_sent_steadily_gets_more_time(served):
         large, small = pool.map(send, (160_000, 1_000), (7, 8))
     assert large[0] == 200 and json.loads(large[2]) == EXPECTED
     assert small[0] == 408 and small[1]["Connection"] == "close"
+
+
+def _peak_rss_mb(pid: int) -> int:
+    """The most memory the process ever held (its VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) // 1024
+
+
+def test_a_body_over_the_limit_is_never_held(function, tmp_path):
+    """A 200 MB body sent to a function that takes at most 1 MB is answered 413 and read to
+    its end without being held: functions-framework reads the rest of every body after
+    the answer is made, into memory, and the worker's memory grew by the body's size."""
+    served = function(
+        {"CPR_CACHE_DIR": str(tmp_path / "cache"), "CPR_MAX_REQUEST_BYTES": "1000000"},
+        workers=1,
+        threads=4,
+    )
+    assert served.predict({"instances": IRIS}).json() == EXPECTED
+    worker = int(Path(f"/proc/{served.proc.pid}/task/{served.proc.pid}/children").read_text())
+    before = _peak_rss_mb(worker)
+    size, piece = 200 * 2**20, b" " * 2**20
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    try:
+        headers = {"Content-Type": "application/json", "Content-Length": str(size)}
+        pieces = (piece for _ in range(size // len(piece)))
+        connection.request("POST", "/predict", pieces, headers)
+        answer = connection.getresponse()
+        assert answer.status == 413
+        message = json.loads(answer.read())["error"]
+    finally:
+        connection.close()
+    assert message.startswith(f"request body is {size} bytes; at most 1000000 bytes")
+    assert _peak_rss_mb(worker) - before < 50
+    assert served.predict({"instances": IRIS}).json() == EXPECTED
 
 
 def test_functions_framework_request_timeouts_keep_connections_alive(function, tmp_path):
