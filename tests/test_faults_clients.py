@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import EXAMPLES, IRIS, iris_expected
+from conftest import EXAMPLES, IRIS, iris_expected, make_tar
+from kit_source import kit_files
 
 EXPECTED = {"predictions": iris_expected(EXAMPLES / "model", IRIS)}
 
@@ -209,6 +210,49 @@ def test_a_body_sent_steadily_gets_more_time(served):
         large, small = pool.map(send, (160_000, 1_000), (7, 8))
     assert large[0] == 200 and json.loads(large[2]) == EXPECTED
     assert small[0] == 408 and small[1]["Connection"] == "close"
+
+
+def test_clients_that_never_read_their_answers_cannot_hold_every_thread(
+    function, iris_dir, tmp_path
+):
+    """Both threads of a worker send 6 MB answers, echoed instances, to clients that take
+    none of them: each connection is closed once a send has waited 10 s, and an ordinary
+    request sent meanwhile is answered, where it waited as long as those clients kept their
+    connections open."""
+    package = make_tar(tmp_path / "kit-0.1.tar.gz", kit_files())
+    echo = {"origin": str(iris_dir), "package_uris": [str(package)], "prediction_class": "kit.Echo"}
+    models = {"models": {"kit": {"versions": {"echo": echo}}}}
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    env = {"CPR_MODELS": str(tmp_path / "models.json"), "CPR_CACHE_DIR": str(tmp_path / "cache")}
+    served = function(env, workers=1, threads=2)
+    assert served.predict({"instances": ["a"]}).status_code == 200
+    body = json.dumps({"instances": ["x" * 6000] * 1000}).encode()
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    readers = []
+    try:
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+            sock.connect(("127.0.0.1", served.port))
+            sock.sendall(head + body)
+            readers.append(sock)
+        served.wait_for_log(lambda log: log.count("-> 200 in") == 3)  # both now send
+        ordinary = served.predict({"instances": ["a"]})
+        assert ordinary.json() == {"predictions": [{"instance": "a", "kwargs": {}}]}
+        for sock in readers:  # each was sent part of its answer, then closed
+            sock.settimeout(60)
+            received = 0
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+            assert 0 < received < len(body)
+    finally:
+        for sock in readers:
+            sock.close()
+    warning = "a client took none of its answer for 10s; the connection is closed"
+    assert served.log().count(warning) == 2
 
 
 def _peak_rss_mb(pid: int) -> int:

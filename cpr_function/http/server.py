@@ -15,6 +15,8 @@ entry point in the gunicorn master before the server is built, makes the server:
   (A connection that sends nothing waits in gunicorn's poller, on no thread.)
 - have the app answer 408 to a request whose body stops arriving, for the same reason
   (`body_deadline`).
+- close a connection whose client has taken none of its answer for `SEND_SECONDS`, for
+  the same reason: an answer larger than the socket's buffers waits for the client.
 
 The bounded workers also send a response's head and body in one send, where gunicorn
 sends them in two (`one_send`). The same hook into gunicorn's configuration also has
@@ -30,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import struct
 import threading
 import time
 
@@ -42,6 +45,7 @@ from . import balance, body_deadline, one_send
 log = logging.getLogger(__name__)
 
 HEAD_SECONDS = 5.0
+SEND_SECONDS = 10.0  # the longest a client may take none of its answer
 REQUEST_LINE_BYTES = 8190  # gunicorn's most
 
 
@@ -96,6 +100,8 @@ class _Bounded:
         super().init_process()
 
     def handle(self, conn):
+        if not conn.initialized:  # a new connection
+            _bound_sends(conn.sock)
         with self._heads_lock:
             self._heads[conn] = None
         try:
@@ -124,6 +130,12 @@ class _Bounded:
             keep_alive = super().handle_request(req, conn)
             joined.finish()  # a response with no body: its head leaves now
             return keep_alive
+        except BlockingIOError:  # a send waited SEND_SECONDS for the client (_bound_sends)
+            log.warning(
+                "a client took none of its answer for %gs; the connection is closed",
+                SEND_SECONDS,
+            )
+            return False
         finally:
             conn.sock = sock  # what gunicorn's poller and error pages use
             if source is not None:
@@ -154,6 +166,16 @@ class _Bounded:
         log.warning("refused before reading the request: %d %s", status, message)
         _send(client, status, reason, message)
         return None
+
+
+def _bound_sends(sock) -> None:
+    """Has a send on this connection fail once it has waited `SEND_SECONDS` for the client
+    to take any of the answer (the kernel's SO_SNDTIMEO: set once, no cost a request). An
+    answer larger than the socket's buffers waits for the client to read it, and a client
+    that never did held a thread for as long as it kept the connection open."""
+    timeval = struct.pack("ll", int(SEND_SECONDS), 0)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _json_refusal(exc: BaseException) -> tuple[int, str, str] | None:
