@@ -39,7 +39,11 @@ RUNS = {
         [(rf"^ +{c} +{RATIO} +\(", 3) for c in (1, 8)]
         + ["^two-sends: bench/two_sends.py$", "in turn"]
         # the processes served on one CPU and the load on the others, where there are two
-        + [r"load from python, (served on CPU \d+, load on [\d,]+|unpinned)$"],
+        + [
+            r"load from python, served on CPU \d+, load on [\d,]+$"
+            if len(os.sched_getaffinity(0)) > 1
+            else r"load from python, unpinned$"
+        ],
     ),
     "microbatch": (
         ["--seconds", "0.2", "--rounds", "1", "--model", "example", "--ceiling"],
