@@ -151,8 +151,9 @@ def _send_body(
 def test_stalled_bodies_cannot_hold_every_thread(served):
     """As many connections as the worker has threads send their heads and the start of a
     body, then nothing, and would hold their threads for good; 40 ordinary requests
-    meanwhile are all answered, and the stalled ones are answered 408 in JSON once the body
-    is 5 s late, whatever their route, and closed."""
+    meanwhile are all answered, and the stalled ones are answered once the body is 5 s
+    late, whatever their route (408 in JSON where the function reads the body), and
+    closed."""
     body = json.dumps({"instances": IRIS}).encode()
     # The last is answered by functions-framework's routing, before the function is called.
     routes = [
@@ -179,8 +180,12 @@ def test_stalled_bodies_cannot_hold_every_thread(served):
     assert [a.status_code for a in answers] == [200] * 40
     assert all(a.json() == EXPECTED for a in answers)
     for (_, path), (status, headers, answer, waited) in zip(routes, refused, strict=True):
-        assert (status, headers["Connection"]) == (408, "close")
+        assert headers["Connection"] == "close" and waited >= 5
         error = json.loads(answer)["error"]
+        if path == "/favicon.ico":
+            assert status == 404  # the answer stands; the late body only ends the connection
+            continue
+        assert status == 408
         if path.startswith("/v1/"):  # Google's shape on Google's routes
             assert (error["code"], error["status"]) == (408, "DEADLINE_EXCEEDED")
             error = error["message"]
@@ -189,9 +194,8 @@ def test_stalled_bodies_cannot_hold_every_thread(served):
             "request's headers, plus a second for every 16 KiB of it, and this one had not "
             "after 5.0 s"
         )
-        assert waited >= 5
     assert served.wait_for_log(lambda log: log.count("-> 408 in") == 3)
-    assert served.wait_for_log("GET /favicon.ico -> 408 refused by the host")
+    assert served.wait_for_log("GET /favicon.ico -> 404 refused by the host")
 
 
 def test_a_body_sent_steadily_gets_more_time(served):

@@ -3,6 +3,7 @@ encoded, every error answered here and only here, the request logged."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -12,7 +13,7 @@ from typing import Any
 from .. import logs, models_file, protocol
 from ..catalog import Catalog
 from ..config import Config
-from ..errors import BodyTimeout, CprError, MethodNotAllowed, echo, host_timeout
+from ..errors import CprError, MethodNotAllowed, echo, host_timeout
 from ..loading.storage import Storage
 from ..serving.registry import Registry
 from . import routes
@@ -21,7 +22,7 @@ from .handlers import Handlers
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
-_REST_CHUNK = 1 << 16
+_REST_CHUNK = 1 << 20  # gunicorn's largest read from the socket
 
 
 class App:
@@ -60,7 +61,7 @@ class App:
         # From the WSGI environ: `request.headers` raises and catches a KeyError per absent header.
         trace = logs.trace_from(request.environ.get("HTTP_X_CLOUD_TRACE_CONTEXT"))
         token = logs.TRACE.set(trace)
-        note = {}
+        note, status = {}, 500  # the status logged if answering raised
         try:
             status, body, headers = self._answer(request, note)
             return flask.Response(body, status=status, mimetype=_JSON, headers=headers)
@@ -78,12 +79,11 @@ class App:
             answer = status, body, {}
         except Exception as exc:
             answer = self._error(request, exc)
-        # functions-framework reads the rest of every body once the answer is made, where
-        # a body that stops arriving could no longer be answered: read it here first. A
-        # late body is the answer unless this function failed first (functions-framework's
-        # deadline landing while the body was read, say).
-        late = _read_rest(request)
-        return answer if late is None or answer[0] >= 500 else self._error(request, late)
+        # functions-framework reads the rest of every body once the answer is made, with no
+        # bound but the body's deadline, and a late body would crash the request there: it
+        # is read here first. The answer stays; a late body closes the connection after it.
+        _read_rest(request)
+        return answer
 
     def _error(self, request, exc: Exception) -> tuple[int, bytes, dict]:
         """The answer to an error: a CprError's own status and message, or a 500 that says
@@ -114,9 +114,8 @@ class App:
 
         request = flask.request
         status = exc.code or 500
-        if (late := _read_rest(request)) is not None:  # as `_answer` does
-            status, message = late.status_code, str(late)
-        elif status == 404:
+        _read_rest(request)  # as `_answer` does
+        if status == 404:
             message = f"no route for {echo(request.path)!r}; expected POST / or POST /predict"
         else:
             message = f"{exc.name}: the request was refused before it reached the model"
@@ -176,18 +175,13 @@ def load_catalog(config: Config) -> Catalog:
     return models_file.load(config.models_file, Storage.configured(config))
 
 
-def _read_rest(request) -> BodyTimeout | None:
-    """Reads what is left of the request's body, a piece at a time: the error if the body
-    stopped arriving (`http.body_deadline`). Any other failure to read it is left to the
-    next reader."""
-    try:
+def _read_rest(request) -> None:
+    """Reads what is left of the request's body, a piece at a time, until it ends or stops
+    arriving (`http.body_deadline`); any other failure to read it is left to the next
+    reader."""
+    with contextlib.suppress(Exception):
         while request.stream.read(_REST_CHUNK):
             pass
-    except BodyTimeout as late:
-        return late
-    except Exception:
-        pass
-    return None
 
 
 def _log_request(request, status: int, seconds: float, note: dict) -> None:

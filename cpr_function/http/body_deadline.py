@@ -46,13 +46,13 @@ class Deadline:
         if self._late:
             return b""
         allowed = GRACE_SECONDS + self._received / BYTES_A_SECOND
-        wait = self._started + allowed - time.monotonic()
-        if wait <= 0:
-            self._expire(allowed)
+        # Past the deadline, what has arrived is still taken (the app may have been slow
+        # to read it, behind a credential check say): only a read that would wait fails.
+        wait = max(self._started + allowed - time.monotonic(), 0.0)
         self._sock.settimeout(wait)
         try:
             data = self._sock.recv(size, *flags)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: nothing there, no wait
             self._expire(allowed)
         except BaseException:  # the connection failed, or functions-framework's deadline came
             self._end()
