@@ -124,16 +124,26 @@ def test_slow_heads_cannot_hold_every_thread(served):
 
 
 def _send_body(
-    port: int, path: str, parts: list[bytes], *, length: int, pause: float, method: str = "POST"
+    port: int,
+    path: str,
+    parts: list[bytes],
+    *,
+    length: int,
+    pause: float,
+    method: str = "POST",
+    held: list[socket.socket] | None = None,
 ):
     """Sends a head announcing `length` bytes of body, then `parts` with `pause` seconds
     between them; the status, headers and body answered, and the seconds until the answer
-    began."""
+    began and until the function ended the connection. With `held`, the connection is not
+    closed once the function has ended it, as a stalled client would not: it is added to
+    `held`."""
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    try:
         started = time.monotonic()
         sock.sendall(head + parts[0])
         for part in parts[1:]:
@@ -145,15 +155,23 @@ def _send_body(
         answer = b""
         while chunk := sock.recv(1 << 16):
             answer += chunk
-    return *_parsed(answer), waited
+        ended = time.monotonic() - started
+    finally:
+        if held is None:
+            sock.close()
+        else:
+            held.append(sock)
+    return *_parsed(answer), waited, ended
 
 
 def test_stalled_bodies_cannot_hold_every_thread(served):
     """As many connections as the worker has threads send their heads and the start of a
     body, then nothing, and would hold their threads for good; 40 ordinary requests
-    meanwhile are all answered, and the stalled ones are answered once the body is 5 s
-    late, whatever their route (408 in JSON where the function reads the body), and
-    closed."""
+    meanwhile are all answered. The stalled ones are answered once the body is 5 s late,
+    whatever their route (408 where the function reads the body), and their connections
+    ended right after: the stalled clients never close theirs, and gunicorn's graceful
+    close waited 2 s for each, one after the other, on the thread that accepts and
+    finishes every request."""
     body = json.dumps({"instances": IRIS}).encode()
     # The last is answered by functions-framework's routing, before the function is called.
     routes = [
@@ -162,24 +180,33 @@ def test_stalled_bodies_cannot_hold_every_thread(served):
         ("POST", "/v1/projects/p/models/default:predict"),
         ("GET", "/favicon.ico"),
     ]
+    held: list[socket.socket] = []
 
     def stall(method: str, path: str):
         parts = [body[:10]]
-        return _send_body(served.port, path, parts, length=len(body), pause=0, method=method)
+        return _send_body(
+            served.port, path, parts, length=len(body), pause=0, method=method, held=held
+        )
 
-    with ThreadPoolExecutor(len(routes)) as stalled:
-        refusals = [stalled.submit(stall, *route) for route in routes]
-        time.sleep(1.5)  # every thread of the worker now waits for a body
+    def ordinary(_) -> requests.Response:
+        return requests.post(served.url + "/predict", json={"instances": IRIS}, timeout=30)
 
-        def ordinary(_) -> requests.Response:
-            return requests.post(served.url + "/predict", json={"instances": IRIS}, timeout=30)
-
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(ordinary, range(40)))
-        refused = [future.result() for future in refusals]
+    try:
+        with ThreadPoolExecutor(len(routes)) as stalled:
+            refusals = [stalled.submit(stall, *route) for route in routes]
+            time.sleep(1.5)  # every thread of the worker now waits for a body
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(ordinary, range(40)))
+            refused = [future.result() for future in refusals]
+    finally:
+        for sock in held:
+            sock.close()
     assert [a.status_code for a in answers] == [200] * 40
     assert all(a.json() == EXPECTED for a in answers)
-    for (_, path), (status, headers, answer, waited) in zip(routes, refused, strict=True):
+    answered = [waited for *_, waited, _ in refused]
+    ended = [ended for *_, ended in refused]
+    assert max(ended) - min(answered) < 1.5, f"answered at {answered} s, ended at {ended} s"
+    for (_, path), (status, headers, answer, waited, _) in zip(routes, refused, strict=True):
         assert headers["Connection"] == "close" and waited >= 5
         error = json.loads(answer)["error"]
         if path == "/favicon.ico":
@@ -332,7 +359,7 @@ def test_functions_framework_deadline_while_a_body_arrives_is_answered_504(funct
     for _ in range(10):  # loaded, and answered within the deadline
         if served.predict({"instances": IRIS}).status_code == 200:
             break
-    status, headers, answer, _ = _send_body(
+    status, headers, answer, *_ = _send_body(
         served.port, "/predict", [body[:10], body[10:]], length=len(body), pause=2
     )
     assert (status, headers["Connection"]) == (504, "close")

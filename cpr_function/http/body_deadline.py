@@ -42,6 +42,11 @@ class Deadline:
         self._received = 0
         self._late = False
 
+    @property
+    def ended(self) -> bool:
+        """Whether the body stopped being read: it came late, or a read of it failed."""
+        return self._late
+
     def recv(self, size: int, *flags) -> bytes:
         if self._late:
             return b""

@@ -124,17 +124,22 @@ class _Bounded:
         # The body is read against its deadline, from the socket gunicorn's reader holds.
         unreader = getattr(req, "unreader", None)
         source = getattr(unreader, "sock", None)
-        if source is not None:
-            unreader.sock = body_deadline.Deadline(source, req)
+        deadline = None if source is None else body_deadline.Deadline(source, req)
+        if deadline is not None:
+            unreader.sock = deadline
         try:
             keep_alive = super().handle_request(req, conn)
             joined.finish()  # a response with no body: its head leaves now
+            if deadline is not None and deadline.ended:
+                _end(sock)  # a client whose body stalled need not be waited for
+                return False
             return keep_alive
         except BlockingIOError:  # a send waited SEND_SECONDS for the client (_bound_sends)
             log.warning(
                 "a client took none of its answer for %gs; the connection is closed",
                 SEND_SECONDS,
             )
+            _end(sock)
             return False
         finally:
             conn.sock = sock  # what gunicorn's poller and error pages use
@@ -218,8 +223,16 @@ def _refuse_slow(conn) -> None:
         "send the request line and headers at once"
     )
     _send(conn.sock, 408, "Request Timeout", message)
+    _end(conn.sock)
+
+
+def _end(sock) -> None:
+    """Ends a connection to a client that stalled, both ways, once its answer is sent.
+    gunicorn then closes it at once; closing it gracefully, its main thread waits up to
+    2 s for the client to end its side, which such a client does not: each one stopped
+    the worker accepting and finishing requests for that long."""
     with contextlib.suppress(OSError):
-        conn.sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _send(sock, status: int, reason: str, message: str) -> None:
