@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -188,6 +189,17 @@ def counting_env(bucket, iris_dir: Path, tmp_path: Path) -> dict[str, str]:
         "CPR_PREDICTION_CLASS": "kit.Counting",
         "CPR_CACHE_DIR": str(tmp_path / "cache"),
         "KIT_LOG": str(tmp_path / "from_path.log"),
+    }
+
+
+def models_env(tmp_path: Path, models: dict, **settings: str) -> dict[str, str]:
+    """Settings serving `models` (a models file's content) from a file written in
+    `tmp_path`, with the cache there too, and `settings` besides."""
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    return {
+        "CPR_MODELS": str(tmp_path / "models.json"),
+        "CPR_CACHE_DIR": str(tmp_path / "cache"),
+        **settings,
     }
 
 

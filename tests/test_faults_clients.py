@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import EXAMPLES, IRIS, iris_expected, make_tar
+from conftest import EXAMPLES, IRIS, iris_expected, make_tar, models_env
 from kit_source import kit_files
 
 EXPECTED = {"predictions": iris_expected(EXAMPLES / "model", IRIS)}
@@ -253,9 +253,7 @@ def test_clients_that_never_read_their_answers_cannot_hold_every_thread(
     package = make_tar(tmp_path / "kit-0.1.tar.gz", kit_files())
     echo = {"origin": str(iris_dir), "package_uris": [str(package)], "prediction_class": "kit.Echo"}
     models = {"models": {"kit": {"versions": {"echo": echo}}}}
-    (tmp_path / "models.json").write_text(json.dumps(models))
-    env = {"CPR_MODELS": str(tmp_path / "models.json"), "CPR_CACHE_DIR": str(tmp_path / "cache")}
-    served = function(env, workers=1, threads=2)
+    served = function(models_env(tmp_path, models), workers=1, threads=2)
     assert served.predict({"instances": ["a"]}).status_code == 200
     body = json.dumps({"instances": ["x" * 6000] * 1000}).encode()
     head = (

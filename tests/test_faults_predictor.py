@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import child_pids, cmdline, make_tar
+from conftest import child_pids, cmdline, make_tar, models_env
 from kit_source import hog_files, kit_files
 
 CLASSES = ("Echo", "Raising", "Short", "NotANumber", "Sleepy", "OpensMissing")
@@ -29,12 +28,7 @@ def isolated(function, kit, tmp_path):
     """Each faulty predictor a version in a process of its own, with a 1 s deadline."""
     versions = {cls.lower(): _version(kit, cls) for cls in CLASSES}
     models = {"models": {"kit": {"default_version": "echo", "versions": versions}}}
-    (tmp_path / "models.json").write_text(json.dumps(models))
-    env = {
-        "CPR_MODELS": str(tmp_path / "models.json"),
-        "CPR_CACHE_DIR": str(tmp_path / "cache"),
-        "CPR_PREDICT_TIMEOUT": "1",
-    }
+    env = models_env(tmp_path, models, CPR_PREDICT_TIMEOUT="1")
     fn = function(env, threads=8)
     fn.cache_dir = tmp_path / "cache"
     return fn
@@ -142,12 +136,8 @@ def test_a_version_killed_while_loading_is_loaded_apart_and_never_kills_the_work
     killed = {"origin": kit[0], "package_uris": [str(hog)], "prediction_class": "hog.KilledOnLoad"}
     versions = {"echo": _version(kit, "Echo"), "hog": killed}
     models = {"models": {"kit": {"default_version": "echo", "versions": versions}}}
-    (tmp_path / "models.json").write_text(json.dumps(models))
-    env = {
-        "CPR_MODELS": str(tmp_path / "models.json"),
-        "CPR_CACHE_DIR": str(tmp_path / "cache"),
-        "CPR_ISOLATION": "none",  # both in the worker, as a lone version is by default
-    }
+    # both in the worker, as a lone version is by default
+    env = models_env(tmp_path, models, CPR_ISOLATION="none")
     fn = function(env, threads=8)
     assert fn.predict({"instances": [1]}).status_code == 200
     (first_worker,) = _workers(fn.proc.pid)
@@ -219,8 +209,7 @@ def test_at_sigterm_requests_to_a_version_apart_all_finish_within_the_grace(
 
     versions = {"echo": _version(kit, "Echo"), "sleepy": _version(kit, "Sleepy")}
     models = {"models": {"kit": {"default_version": "echo", "versions": versions}}}
-    (tmp_path / "models.json").write_text(json.dumps(models))
-    env = {"CPR_MODELS": str(tmp_path / "models.json"), "CPR_CACHE_DIR": str(tmp_path / "cache")}
+    env = models_env(tmp_path, models)
     fn = function(env, threads=8)
     assert fn.status()["isolation"] == "process"
     assert fn.predict({"instances": [0]}, path=_on("sleepy")).status_code == 200
@@ -249,13 +238,9 @@ def test_functions_framework_request_deadline_is_answered_504(function, kit, tmp
     if isolation == "process":
         versions["echo"] = _version(kit, "Echo")
     models = {"models": {"kit": {"default_version": "sleepy", "versions": versions}}}
-    (tmp_path / "models.json").write_text(json.dumps(models))
-    env = {
-        "CPR_MODELS": str(tmp_path / "models.json"),
-        "CPR_CACHE_DIR": str(tmp_path / "cache"),
-        "THREADED_TIMEOUT_ENABLED": "true",
-        "CLOUD_RUN_TIMEOUT_SECONDS": "1",
-    }
+    env = models_env(
+        tmp_path, models, THREADED_TIMEOUT_ENABLED="true", CLOUD_RUN_TIMEOUT_SECONDS="1"
+    )
     served = function(env, threads=4)
     assert served.status()["isolation"] == isolation
     assert served.predict({"instances": [0]}).status_code == 200
