@@ -74,9 +74,9 @@ class App:
         """The status, body and headers answering the request, its errors included."""
         try:
             status, body = self._route(request, note)
-            if request.method == "POST":  # the routes that take a body have read it
-                return status, body, {}
             answer = status, body, {}
+            if request.method == "POST":  # the routes that take a body have read it
+                return answer
         except Exception as exc:
             answer = self._error(request, exc)
         # functions-framework reads the rest of every body once the answer is made, with no

@@ -124,9 +124,9 @@ class _Bounded:
         # The body is read against its deadline, from the socket gunicorn's reader holds.
         unreader = getattr(req, "unreader", None)
         source = getattr(unreader, "sock", None)
-        deadline = None if source is None else body_deadline.Deadline(source, req)
-        if deadline is not None:
-            unreader.sock = deadline
+        deadline = None
+        if source is not None:
+            deadline = unreader.sock = body_deadline.Deadline(source, req)
         try:
             keep_alive = super().handle_request(req, conn)
             joined.finish()  # a response with no body: its head leaves now
